@@ -1,0 +1,74 @@
+//! Embeds build metadata (`shared::build_info`).
+//!
+//! - `NODERAX_VERSION`: the release version, reported byte for byte to the
+//!   control plane, which compares it with rollout target versions
+//!   (PROTOCOL.md §10.5). Release builds must set it (`1.0.3`, no `v`).
+//!   Unset, the version is `<crate version>-dev`.
+//! - `NODERAX_COMMIT`: the commit; unset, `git rev-parse HEAD` is asked.
+//! - `SOURCE_DATE_EPOCH`: the build date for reproducible builds; unset, now.
+
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+// The crate's own dependency-free modules, so the build script applies the
+// same rules as the code (a build script cannot depend on its own crate).
+#[allow(dead_code)]
+#[path = "src/civil.rs"]
+mod civil;
+#[allow(dead_code)]
+#[path = "src/validate.rs"]
+mod validate;
+
+fn main() {
+    for var in ["NODERAX_VERSION", "NODERAX_COMMIT", "SOURCE_DATE_EPOCH"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    // Re-run when HEAD moves so the embedded commit stays right.
+    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        println!("cargo:rerun-if-changed={git_dir}/HEAD");
+        if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={git_dir}/{head_ref}");
+        }
+    }
+
+    let version = match std::env::var("NODERAX_VERSION") {
+        Ok(v) if !v.is_empty() => {
+            if let Err(why) = validate::release_version(&v) {
+                panic!("NODERAX_VERSION={v:?} is not a usable release version: {why}");
+            }
+            v
+        }
+        _ => format!("{}-dev", std::env::var("CARGO_PKG_VERSION").unwrap()),
+    };
+    let commit = std::env::var("NODERAX_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| git(&["rev-parse", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        });
+
+    println!("cargo:rustc-env=NODERAX_BUILD_VERSION={version}");
+    println!("cargo:rustc-env=NODERAX_BUILD_COMMIT={commit}");
+    println!(
+        "cargo:rustc-env=NODERAX_BUILD_DATE={}",
+        civil::format_unix_seconds(epoch as i64)
+    );
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (!s.is_empty()).then_some(s)
+}
+
