@@ -59,7 +59,7 @@ fn main() {
     println!("cargo:rustc-env=NODERAX_BUILD_COMMIT={commit}");
     println!(
         "cargo:rustc-env=NODERAX_BUILD_DATE={}",
-        civil::format_unix_seconds(epoch as i64)
+        iso_date(epoch as i64)
     );
 }
 
@@ -72,3 +72,14 @@ fn git(args: &[&str]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds.
+fn iso_date(secs: i64) -> String {
+    let (y, m, d) = civil::civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
+}

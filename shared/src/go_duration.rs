@@ -195,8 +195,20 @@ mod tests {
     #[test]
     fn rejects_what_go_rejects() {
         for s in [
-            "", "s", "10", "1x", "1 s", " 1s", "1s ", "-1s", "1.2.3s", "ms", "9999999999h", "1hh",
-            ".s", "1d",
+            "",
+            "s",
+            "10",
+            "1x",
+            "1 s",
+            " 1s",
+            "1s ",
+            "-1s",
+            "1.2.3s",
+            "ms",
+            "9999999999h",
+            "1hh",
+            ".s",
+            "1d",
         ] {
             assert!(parse(s).is_err(), "{s:?} accepted");
         }
@@ -225,7 +237,15 @@ mod tests {
 
     #[test]
     fn format_parse_round_trip() {
-        for n in [1u64, 999, 1_000, 1_001, 999_999, 12_345_678_901, 86_400_000_000_000] {
+        for n in [
+            1u64,
+            999,
+            1_000,
+            1_001,
+            999_999,
+            12_345_678_901,
+            86_400_000_000_000,
+        ] {
             let d = Duration::from_nanos(n);
             assert_eq!(parse(&format(d)), Ok(d), "{n}");
         }

@@ -57,7 +57,11 @@ impl Timestamp {
                 .iter()
                 .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0')))
         };
-        if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':'
+        if b[4] != b'-'
+            || b[7] != b'-'
+            || !matches!(b[10], b'T' | b't')
+            || b[13] != b':'
+            || b[16] != b':'
         {
             return Err(err("expected YYYY-MM-DDTHH:MM:SS"));
         }
@@ -95,16 +99,18 @@ impl Timestamp {
                 if h > 23 || m > 59 {
                     return Err(err("bad UTC offset"));
                 }
-                if *sign == b'+' { h * 60 + m } else { -(h * 60 + m) }
+                if *sign == b'+' {
+                    h * 60 + m
+                } else {
+                    -(h * 60 + m)
+                }
             }
             _ => return Err(err("expected Z or a ±HH:MM offset at the end")),
         };
         let days = civil::days_from_civil(year, month, day);
-        let secs = days * 86_400
-            + i64::from(hour) * 3600
-            + i64::from(minute) * 60
-            + i64::from(second)
-            - offset_minutes * 60;
+        let secs =
+            days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second)
+                - offset_minutes * 60;
         Ok(Self::from_unix_millis(secs * 1000 + i64::from(millis)))
     }
 }
@@ -176,7 +182,10 @@ mod tests {
     fn formats_utc_with_milliseconds() {
         let t = Timestamp::from_unix_millis(1_775_150_771_123);
         assert_eq!(t.to_string(), "2026-04-02T17:26:11.123Z");
-        assert_eq!(Timestamp::from_unix_millis(0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            Timestamp::from_unix_millis(0).to_string(),
+            "1970-01-01T00:00:00.000Z"
+        );
     }
 
     #[test]

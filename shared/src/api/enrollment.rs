@@ -107,8 +107,13 @@ pub struct InstallProgress {
 }
 
 impl Schema for InstallProgress {
-    const ACCEPTED: &'static [&'static str] =
-        &["token", "stage", "status", "progressPercent", "statusMessage"];
+    const ACCEPTED: &'static [&'static str] = &[
+        "token",
+        "stage",
+        "status",
+        "progressPercent",
+        "statusMessage",
+    ];
     const REQUIRED: &'static [&'static str] = &["token", "stage"];
 }
 

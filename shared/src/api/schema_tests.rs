@@ -187,7 +187,13 @@ fn metrics_bodies() {
         networks: vec![],
         ..sample()
     };
-    let always = ["nodeId", "agentToken", "cpuUsage", "memoryUsage", "diskUsage"];
+    let always = [
+        "nodeId",
+        "agentToken",
+        "cpuUsage",
+        "memoryUsage",
+        "diskUsage",
+    ];
     check(&sample(), &min, &always);
     // The HTTP route refuses `type` and `timestamp` (§5.2).
     assert!(!MetricsSample::ACCEPTED.contains(&"type"));
@@ -327,10 +333,7 @@ fn realtime_events() {
         ],
     );
     assert_eq!(object(&full)["type"], "agent.auth");
-    assert_eq!(
-        object(&full)["rootAccess"]["appliedProfile"],
-        "operational"
-    );
+    assert_eq!(object(&full)["rootAccess"]["appliedProfile"], "operational");
 
     let full = AgentPing {
         timestamp: Some(ts()),
@@ -376,11 +379,7 @@ fn terminal_events() {
         reason: None,
         ..full.clone()
     };
-    check(
-        &full,
-        &min,
-        &["type", "sessionId", "exitCode", "timestamp"],
-    );
+    check(&full, &min, &["type", "sessionId", "exitCode", "timestamp"]);
     // Exit code 0 is sent, not omitted (§13 item 42).
     assert_eq!(object(&full)["exitCode"], 0);
 
@@ -389,11 +388,7 @@ fn terminal_events() {
         message: "terminal session was not found".into(),
         timestamp: ts(),
     };
-    check(
-        &err,
-        &err,
-        &["type", "sessionId", "message", "timestamp"],
-    );
+    check(&err, &err, &["type", "sessionId", "message", "timestamp"]);
 }
 
 #[test]
@@ -432,23 +427,18 @@ fn incoming_events_parse_the_documented_examples() {
     )
     .unwrap();
     assert_eq!(input.payload, "bHMgLWxhCg==");
-    let resize: TerminalResize = serde_json::from_str(
-        r#"{"type":"terminal.resize","sessionId":"s","cols":160,"rows":48}"#,
-    )
-    .unwrap();
+    let resize: TerminalResize =
+        serde_json::from_str(r#"{"type":"terminal.resize","sessionId":"s","cols":160,"rows":48}"#)
+            .unwrap();
     assert_eq!((resize.cols, resize.rows), (160, 48));
 
-    let status: EnrollmentStatus = serde_json::from_str(
-        r#"{"status":"approved","nodeId":"n","agentToken":"t"}"#,
-    )
-    .unwrap();
+    let status: EnrollmentStatus =
+        serde_json::from_str(r#"{"status":"approved","nodeId":"n","agentToken":"t"}"#).unwrap();
     assert_eq!(status.status, EnrollmentState::Approved);
     let status: EnrollmentStatus = serde_json::from_str(r#"{"status":"exploded"}"#).unwrap();
     assert_eq!(status.status, EnrollmentState::Unknown);
-    let ticket: EnrollmentTicket = serde_json::from_str(
-        r#"{"token":"abc","expiresAt":"2026-03-19T14:15:00.000Z"}"#,
-    )
-    .unwrap();
+    let ticket: EnrollmentTicket =
+        serde_json::from_str(r#"{"token":"abc","expiresAt":"2026-03-19T14:15:00.000Z"}"#).unwrap();
     assert_eq!(ticket.expires_at.to_string(), "2026-03-19T14:15:00.000Z");
 }
 

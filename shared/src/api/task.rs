@@ -374,7 +374,10 @@ mod tests {
         let task = r.task.unwrap();
         assert_eq!(task.kind(), TaskType::ShellExec);
         assert_eq!(task.payload["command"], "hostname");
-        assert_eq!(r.root_access.unwrap().profile, super::super::RootProfile::Off);
+        assert_eq!(
+            r.root_access.unwrap().profile,
+            super::super::RootProfile::Off
+        );
 
         let empty = r#"{"task":null,"outputTruncated":false,"rootAccess":{"profile":"operational","updatedAt":"2026-04-05T10:00:00Z"}}"#;
         let r: ClaimResponse = serde_json::from_str(empty).unwrap();
