@@ -530,7 +530,8 @@ pub fn set_in_file(
         source_desc: "given to config set".into(),
         reason,
     })?;
-    let text = render(&loaded.config, &loaded.unknown);
+    loaded.origins.insert(key.name, Origin::File);
+    let text = render(&loaded);
     atomic_file::write(path, text.as_bytes(), FILE_MODE)?;
     if let Some(mirror) = env.var(CONFIG_MIRROR_ENV).filter(|m| !m.trim().is_empty()) {
         let mirror = PathBuf::from(mirror.trim());
@@ -541,17 +542,25 @@ pub fn set_in_file(
     Ok(key.display(&loaded.config))
 }
 
-/// The file text for `config`: every known key in table order (as the
-/// original agent writes it), then any unknown keys that were read.
-pub fn render(config: &Config, unknown: &serde_json::Map<String, Value>) -> String {
+/// The file text for a file layer: the keys that came from the file, in
+/// table order, then any unknown keys that were read. Defaults are not
+/// written (unlike the original agent, which wrote every key): a file that
+/// pins every default would silently keep old defaults after an upgrade.
+pub fn render(file_layer: &Loaded) -> String {
     let mut out = String::from("{\n");
     let entries: Vec<(String, Value)> = KEYS
         .iter()
-        .filter_map(|k| match k.value(config) {
+        .filter(|k| file_layer.origin(k.name) == Origin::File)
+        .filter_map(|k| match k.value(&file_layer.config) {
             Value::Null => None,
             v => Some((k.name.to_owned(), v)),
         })
-        .chain(unknown.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .chain(
+            file_layer
+                .unknown
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        )
         .collect();
     for (i, (k, v)) in entries.iter().enumerate() {
         let sep = if i + 1 == entries.len() { "" } else { "," };
@@ -1214,16 +1223,19 @@ mod tests {
         set_in_file(&path, "root_access_ceiling", "off", &e).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(r#""task_timeout": "1m30s""#), "{text}");
-        assert!(text.contains(r#""shutdown_timeout": "20s""#), "{text}");
+        assert!(
+            !text.contains("shutdown_timeout"),
+            "defaults are not pinned: {text}"
+        );
         assert!(text.contains(r#""metrics_interval": "500ms""#), "{text}");
         let loc = Location::Found(path.clone());
-        let l = load(&loc, &e).unwrap();
+        let l = load_file_layer(&loc).unwrap();
         assert_eq!(l.config.api_url, "https://api.example.com");
         assert_eq!(l.config.task_timeout, Duration::from_secs(90));
         assert_eq!(l.config.realtime_backoff_jitter, 0.5);
         assert_eq!(l.config.root_access_ceiling, RootProfile::Off);
         // Rendering the loaded config reproduces the file exactly.
-        assert_eq!(render(&l.config, &l.unknown), text);
+        assert_eq!(render(&l), text);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -1437,8 +1449,10 @@ mod tests {
 
     #[test]
     fn secrets_are_masked() {
-        let mut c = Config::default();
-        c.agent_token = "af0fe67dfb6d233db5462db4b8f19f65".into();
+        let c = Config {
+            agent_token: "af0fe67dfb6d233db5462db4b8f19f65".into(),
+            ..Config::default()
+        };
         let key = KEYS.iter().find(|k| k.name == "agent_token").unwrap();
         assert_eq!(key.display(&c), "<set, 32 characters>");
         assert!(!format!("{c:?}").contains("af0fe67d"));
@@ -1483,5 +1497,53 @@ mod tests {
                 (key.set)(&mut c, key.default).unwrap();
             }
         }
+    }
+}
+
+/// The README's configuration table is generated from [`KEYS`] and checked
+/// against it, so documentation and code cannot drift apart.
+#[cfg(test)]
+mod readme {
+    use super::KEYS;
+
+    pub(super) fn table() -> String {
+        let mut s = String::from(
+            "| Key | Environment (first non-empty wins) | Type | Default | Meaning |\n|---|---|---|---|---|\n",
+        );
+        for k in KEYS {
+            let env = k
+                .env
+                .iter()
+                .map(|e| format!("`{e}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let default = if k.default.is_empty() {
+                "—".to_owned()
+            } else {
+                format!("`{}`", k.default)
+            };
+            s.push_str(&format!(
+                "| `{}` | {env} | {} | {default} | {} |\n",
+                k.name,
+                k.allowed().replace('|', "\\|"),
+                k.doc
+            ));
+        }
+        s
+    }
+
+    #[test]
+    fn readme_table_matches_the_keys() {
+        let readme = include_str!("../../README.md");
+        assert!(
+            readme.contains(&table()),
+            "README.md's configuration table is out of date; regenerate it with\n  cargo test -p shared print_config_table -- --ignored --nocapture"
+        );
+    }
+
+    #[test]
+    #[ignore = "prints the README table"]
+    fn print_config_table() {
+        print!("{}", table());
     }
 }

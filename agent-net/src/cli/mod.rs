@@ -1,0 +1,88 @@
+//! Command-line interface: argument parsing and the subcommands that are
+//! implemented so far. Each subcommand lives in its own module.
+
+mod config_cmd;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shared::build_info;
+
+/// The Noderax node agent.
+///
+/// Enrolls this machine with a Noderax control plane, keeps it visible,
+/// claims and runs tasks and serves web terminals. Configuration is read from
+/// NODERAX_CONFIG_FILE or the first existing file of: ./config.local.json,
+/// ./config.json, ./config/config.json, /usr/local/etc/noderax-agent/config.json,
+/// /etc/noderax-agent/config.json; environment variables override the file
+/// (see `noderax-agent config show`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "noderax-agent",
+    disable_version_flag = true,
+    arg_required_else_help = true,
+    after_help = "Documentation: README.md (configuration table) and ARCHITECTURE.md."
+)]
+pub struct Cli {
+    /// Use this config file instead of NODERAX_CONFIG_FILE and the search order.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config_file: Option<PathBuf>,
+
+    /// Print version, commit and build date, then exit.
+    #[arg(short = 'v', long = "version", action = clap::ArgAction::SetTrue)]
+    pub version: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print version, commit and build date.
+    Version,
+    /// Show or change the configuration.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+}
+
+/// Parses the command line, runs the command and maps errors to exit codes:
+/// 0 success, 1 failure (the message says what failed and what to do),
+/// 2 usage error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match (&cli.command, cli.version) {
+        (_, true) | (Some(Command::Version), _) => print_version(),
+        (Some(Command::Config(cmd)), false) => config_cmd::run(cmd, cli.config_file.as_deref()),
+        // Only options and no command (`--config-file x`): show what is possible.
+        (None, false) => {
+            let _ = <Cli as clap::CommandFactory>::command().print_help();
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(code) => code,
+        // `noderax-agent config show | head`: the reader left; not an error.
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("noderax-agent: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_version() -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "noderax-agent {}", build_info::VERSION)?;
+    writeln!(out, "commit:     {}", build_info::COMMIT)?;
+    writeln!(out, "built:      {}", build_info::BUILD_DATE)?;
+    writeln!(out, "arch:       {}", shared::api::host_arch())?;
+    Ok(ExitCode::SUCCESS)
+}
