@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds the release binaries with a version set the way a release sets it
+# and checks that all three report exactly that version: the control plane
+# compares it byte for byte with rollout targets (PROTOCOL.md §10.5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+version="${1:-0.0.0-release-check}"
+NODERAX_VERSION="$version" cargo build --release --workspace --locked
+bin=target/release
+fail=0
+check() {
+    local got="$1" want="$2"
+    if [ "$got" != "$want" ]; then
+        echo "release check: expected '$want', got '$got'" >&2
+        fail=1
+    fi
+}
+check "$("$bin/noderax-agent" version | head -n1)" "noderax-agent $version"
+check "$("$bin/noderax-agent-exec" --version | cut -d' ' -f1-2)" "noderax-agent-exec $version"
+check "$("$bin/noderax-agent-priv" version | cut -d' ' -f1-2)" "noderax-agent-priv $version"
+"$bin/noderax-agent" version | grep -q '^commit: *[0-9a-f]\{40\}$' || { echo "release check: no commit in version output" >&2; fail=1; }
+"$bin/noderax-agent" version | grep -q '^built: *[0-9]\{4\}-[0-9][0-9]-[0-9][0-9]T' || { echo "release check: no build date" >&2; fail=1; }
+ls -l "$bin/noderax-agent" "$bin/noderax-agent-exec" "$bin/noderax-agent-priv"
+exit "$fail"
