@@ -65,8 +65,10 @@ pub async fn around(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
                 });
                 if let Some(conn) = conn {
                     conn.kill();
+                    // The abort lands at this await: the connection task is
+                    // dropped with the request unanswered.
+                    std::future::pending::<()>().await;
                 }
-                // The connection is gone; this response is never written.
                 return StatusCode::INTERNAL_SERVER_ERROR.into_response();
             }
             FaultAction::Status { code, retry_after } => {
