@@ -20,7 +20,7 @@ use shared::timestamp::Timestamp;
 
 use crate::Inner;
 use crate::error::{ApiError, ApiResult};
-use crate::model::{self, EnrollmentStatus, ProgressReport, TARGET_ACTIVE};
+use crate::model::{self, EnrollmentStatus, ProgressReport, Task, target_active};
 use crate::validate::{self, Check};
 
 type Shared = State<Arc<Inner>>;
@@ -102,8 +102,19 @@ fn body_auth(inner: &Inner, node_id: &str, token: &str) -> ApiResult<()> {
     }
 }
 
-fn task_not_found(task_id: &str, node_id: &str) -> ApiError {
-    ApiError::not_found(format!("Task {task_id} was not found for node {node_id}"))
+/// The node's own task, or the server's 404.
+fn own_task<'a>(
+    state: &'a mut model::State,
+    task_id: &str,
+    node_id: &str,
+) -> ApiResult<&'a mut Task> {
+    state
+        .tasks
+        .get_mut(task_id)
+        .filter(|t| t.node_id == node_id)
+        .ok_or_else(|| {
+            ApiError::not_found(format!("Task {task_id} was not found for node {node_id}"))
+        })
 }
 
 fn status_name(s: TaskStatus) -> &'static str {
@@ -600,11 +611,7 @@ async fn accepted(
     let node_id = agent_auth(&inner, &headers)?;
     transition_body(&body, &id)?;
     let mut state = inner.state();
-    let task = state
-        .tasks
-        .get(&id)
-        .filter(|t| t.node_id == node_id)
-        .ok_or_else(|| task_not_found(&id, &node_id))?;
+    let task = &*own_task(&mut state, &id, &node_id)?;
     match task.status {
         TaskStatus::Queued => Err(ApiError::conflict(format!(
             "Task {id} is in queued state and cannot be accepted"
@@ -638,11 +645,7 @@ async fn started(
     let node_id = agent_auth(&inner, &headers)?;
     let ts = transition_body(&body, &id)?;
     let mut state = inner.state();
-    let task = state
-        .tasks
-        .get_mut(&id)
-        .filter(|t| t.node_id == node_id)
-        .ok_or_else(|| task_not_found(&id, &node_id))?;
+    let task = own_task(&mut state, &id, &node_id)?;
     match task.status {
         TaskStatus::Running => return ok(StatusCode::OK, task.wire()),
         s if s.is_terminal() => {
@@ -691,11 +694,7 @@ async fn logs(
     c.finish()?;
     let (stream, line) = (stream.unwrap_or_default(), line.unwrap_or_default());
     let mut state = inner.state();
-    let task = state
-        .tasks
-        .get_mut(&id)
-        .filter(|t| t.node_id == node_id)
-        .ok_or_else(|| task_not_found(&id, &node_id))?;
+    let task = own_task(&mut state, &id, &node_id)?;
     if task.status != TaskStatus::Running {
         return Err(ApiError::conflict(format!(
             "Task {id} is in {} state and cannot accept logs",
@@ -755,11 +754,7 @@ async fn completed(
         _ => TaskStatus::Failed,
     };
     let mut state = inner.state();
-    let task = state
-        .tasks
-        .get_mut(&id)
-        .filter(|t| t.node_id == node_id)
-        .ok_or_else(|| task_not_found(&id, &node_id))?;
+    let task = own_task(&mut state, &id, &node_id)?;
     if task.status.is_terminal() {
         if task.status == new_status {
             return ok(StatusCode::OK, task.wire());
@@ -812,12 +807,8 @@ async fn completed(
 
 async fn control(State(inner): Shared, headers: HeaderMap, Path(id): Path<String>) -> Reply {
     let node_id = agent_auth(&inner, &headers)?;
-    let state = inner.state();
-    let task = state
-        .tasks
-        .get(&id)
-        .filter(|t| t.node_id == node_id)
-        .ok_or_else(|| task_not_found(&id, &node_id))?;
+    let mut state = inner.state();
+    let task = &*own_task(&mut state, &id, &node_id)?;
     let requested = task.status == TaskStatus::Running && task.cancel_requested_at.is_some();
     ok(
         StatusCode::OK,
@@ -842,21 +833,8 @@ async fn update_progress(
     let node_id = agent_auth(&inner, &headers)?;
     let body = json_body(&body)?;
     let mut c = validate::body::<UpdateProgress>(&body)?;
-    let status = c
-        .one_of(
-            "status",
-            true,
-            &[
-                "dispatched",
-                "downloading",
-                "verifying",
-                "installing",
-                "restarting",
-                "waiting_for_reconnect",
-                "failed",
-            ],
-        )
-        .map(str::to_owned);
+    let statuses = shared::api::update::UpdateStatus::ALL.map(|s| s.as_str());
+    let status = c.one_of("status", true, &statuses).map(str::to_owned);
     let percent = c.integer("progressPercent", true, 0, 100);
     let message = c.string("message", false, 0, usize::MAX).map(str::to_owned);
     c.finish()?;
@@ -871,7 +849,7 @@ async fn update_progress(
             "Rollout target {id} belongs to another node"
         )));
     }
-    if !TARGET_ACTIVE.contains(&target.status.as_str()) && target.status != "pending" {
+    if !target_active(&target.status) && target.status != "pending" {
         return ok(
             StatusCode::OK,
             serde_json::to_value(target).expect("target"),

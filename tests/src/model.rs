@@ -207,15 +207,13 @@ impl Install {
     }
 }
 
-/// Active and terminal states of a rollout target (§10.1).
-pub const TARGET_ACTIVE: &[&str] = &[
-    "dispatched",
-    "downloading",
-    "verifying",
-    "installing",
-    "restarting",
-    "waiting_for_reconnect",
-];
+/// Whether a rollout target status is an active one (§10.1): every
+/// progress status except `failed`.
+pub fn target_active(status: &str) -> bool {
+    shared::api::update::UpdateStatus::ALL
+        .iter()
+        .any(|s| s.is_active() && s.as_str() == status)
+}
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -395,9 +393,7 @@ impl State {
             .targets
             .values()
             .filter(|t| {
-                t.node_id == node_id
-                    && t.target_version == version
-                    && TARGET_ACTIVE.contains(&t.status.as_str())
+                t.node_id == node_id && t.target_version == version && target_active(&t.status)
             })
             .map(|t| t.id.clone())
             .collect();
@@ -443,7 +439,7 @@ impl State {
             if rollout.targets.iter().all(|id| {
                 self.targets
                     .get(id)
-                    .is_some_and(|t| !TARGET_ACTIVE.contains(&t.status.as_str()))
+                    .is_some_and(|t| !target_active(&t.status))
             }) && let Some(r) = self.rollouts.get_mut(rollout_id)
             {
                 r.status = "completed".into();

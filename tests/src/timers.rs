@@ -10,7 +10,7 @@ use shared::api::task::TaskStatus;
 use shared::timestamp::Timestamp;
 
 use crate::Inner;
-use crate::model::{SessionStatus, TARGET_ACTIVE};
+use crate::model::{SessionStatus, target_active};
 use crate::realtime::LastActivity;
 
 const TICK: Duration = Duration::from_millis(100);
@@ -151,7 +151,7 @@ fn rollout_monitor(inner: &Inner) {
     let active: Vec<String> = state
         .targets
         .values()
-        .filter(|t| TARGET_ACTIVE.contains(&t.status.as_str()))
+        .filter(|t| target_active(&t.status))
         .map(|t| t.id.clone())
         .collect();
     for id in active {

@@ -304,6 +304,9 @@ fn task_bodies() {
     };
     check(&full, &min, &["status", "progressPercent"]);
     assert_eq!(object(&full)["status"], "waiting_for_reconnect");
+    for status in UpdateStatus::ALL {
+        assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+    }
 }
 
 #[test]

@@ -18,6 +18,37 @@ pub enum UpdateStatus {
     Failed,
 }
 
+impl UpdateStatus {
+    /// Every status, in rollout order.
+    pub const ALL: [UpdateStatus; 7] = [
+        Self::Dispatched,
+        Self::Downloading,
+        Self::Verifying,
+        Self::Installing,
+        Self::Restarting,
+        Self::WaitingForReconnect,
+        Self::Failed,
+    ];
+
+    /// The wire name (`waiting_for_reconnect`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dispatched => "dispatched",
+            Self::Downloading => "downloading",
+            Self::Verifying => "verifying",
+            Self::Installing => "installing",
+            Self::Restarting => "restarting",
+            Self::WaitingForReconnect => "waiting_for_reconnect",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Still in progress (not `failed`).
+    pub fn is_active(self) -> bool {
+        self != Self::Failed
+    }
+}
+
 /// `POST /agent-updates/targets/:targetId/progress`, success 200.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
