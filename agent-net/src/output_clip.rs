@@ -1,0 +1,96 @@
+//! The `output` of a task completion within the API's limit (PROTOCOL.md
+//! §6.6: at most 200 000 code points, otherwise the whole completion is
+//! refused with 400 — §13 item 9). Longer output keeps its head and its tail
+//! with a marker between them that says how much was left out and where the
+//! full output is.
+
+use shared::api::task::MAX_COMPLETED_OUTPUT_CHARS;
+
+/// `text` as is when it fits in `max_chars` code points; otherwise its first
+/// and last parts around a marker, `max_chars` code points in total.
+pub fn clip(text: &str, max_chars: usize, task_id: &str) -> String {
+    let total = text.chars().count();
+    if total <= max_chars {
+        return text.to_owned();
+    }
+    // The marker's own length depends on the number it carries; size it for
+    // the largest possible number so the total never exceeds the limit.
+    let marker_for = |omitted: usize| {
+        format!(
+            "\n…[{omitted} characters omitted; full output on the node: noderax-agent task-output {task_id}]…\n"
+        )
+    };
+    let marker_len = marker_for(total).chars().count();
+    if marker_len >= max_chars {
+        return text.chars().take(max_chars).collect();
+    }
+    let keep = max_chars - marker_len;
+    let head = keep / 2;
+    let tail = keep - head;
+    let omitted = total - head - tail;
+    let mut out: String = text.chars().take(head).collect();
+    out.push_str(&marker_for(omitted));
+    out.extend(text.chars().skip(total - tail));
+    out
+}
+
+/// [`clip`] at the API's limit.
+pub fn clip_for_api(text: &str, task_id: &str) -> String {
+    clip(text, MAX_COMPLETED_OUTPUT_CHARS, task_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "ec9f97f2-7b56-4a7e-a7cb-5c957e9d32d8";
+
+    #[test]
+    fn short_output_is_unchanged() {
+        assert_eq!(clip("hello", 10, ID), "hello");
+        assert_eq!(clip("", 10, ID), "");
+        let exact = "é".repeat(MAX_COMPLETED_OUTPUT_CHARS);
+        assert_eq!(clip_for_api(&exact, ID), exact);
+    }
+
+    #[test]
+    fn long_output_keeps_head_and_tail_within_the_limit() {
+        let text: String = (0..300_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let out = clip_for_api(&text, ID);
+        assert!(out.chars().count() <= MAX_COMPLETED_OUTPUT_CHARS);
+        assert!(out.chars().count() > MAX_COMPLETED_OUTPUT_CHARS - 10);
+        assert!(out.starts_with("abcdefghij"));
+        assert!(out.ends_with(&text[text.len() - 1000..]));
+        assert!(out.contains(&format!("noderax-agent task-output {ID}")));
+        let omitted: usize = out
+            .split("…[")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let marker_len = out.chars().count() - (300_000 - omitted);
+        assert_eq!(
+            out.chars().count() - marker_len + omitted,
+            300_000,
+            "nothing counted twice"
+        );
+    }
+
+    #[test]
+    fn multibyte_text_is_cut_on_character_boundaries() {
+        let text = "日本語".repeat(100_000);
+        let out = clip_for_api(&text, ID);
+        assert!(out.chars().count() <= MAX_COMPLETED_OUTPUT_CHARS);
+        assert!(out.starts_with("日本語"));
+    }
+
+    #[test]
+    fn a_limit_smaller_than_the_marker_still_holds() {
+        assert_eq!(clip("abcdefghijkl", 5, ID), "abcde");
+    }
+}
