@@ -1,11 +1,18 @@
 //! The network process's building blocks, kept in a library so they are
 //! unit-tested apart from the command line.
 //!
+//! - [`api_client`], [`tls`], [`backoff`]: talking to the control plane.
+//! - [`enrollment`], [`host_facts`]: obtaining the node identity.
 //! - [`log_entries`]: raw task output → log entries the API accepts.
 //! - [`output_clip`]: the `output` of a completion, within the API's limit.
 //! - [`task_journal`]: a task's output stored durably on the node, with the
 //!   position up to which the control plane has it.
 
+pub mod api_client;
+pub mod backoff;
+pub mod enrollment;
+pub mod host_facts;
 pub mod log_entries;
 pub mod output_clip;
 pub mod task_journal;
+pub mod tls;

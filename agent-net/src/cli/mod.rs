@@ -2,6 +2,7 @@
 //! implemented so far. Each subcommand lives in its own module.
 
 mod config_cmd;
+mod enroll_cmd;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -45,6 +46,12 @@ pub enum Command {
     /// Show or change the configuration.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Enroll with a bootstrap token from the install command (used by the
+    /// installer); stores the identity in the state file.
+    Bootstrap(enroll_cmd::BootstrapArgs),
+    /// Enroll interactively: request approval for an administrator's e-mail
+    /// address and wait (up to 10 minutes; re-running resumes).
+    Enroll(enroll_cmd::EnrollArgs),
 }
 
 /// Parses the command line, runs the command and maps errors to exit codes:
@@ -55,6 +62,12 @@ pub fn main() -> ExitCode {
     let result = match (&cli.command, cli.version) {
         (_, true) | (Some(Command::Version), _) => print_version(),
         (Some(Command::Config(cmd)), false) => config_cmd::run(cmd, cli.config_file.as_deref()),
+        (Some(Command::Bootstrap(args)), false) => {
+            enroll_cmd::bootstrap(args, cli.config_file.as_deref())
+        }
+        (Some(Command::Enroll(args)), false) => {
+            enroll_cmd::enroll(args, cli.config_file.as_deref())
+        }
         // Only options and no command (`--config-file x`): show what is possible.
         (None, false) => {
             let _ = <Cli as clap::CommandFactory>::command().print_help();
