@@ -198,7 +198,7 @@ impl DpkgEntry {
 }
 
 const DPKG_FORMAT: &str =
-    "-f=${Package}\t${Architecture}\t${db:Status-Abbrev}\t${Essential}\t${Priority}\n";
+    "--showformat=${Package}\t${Architecture}\t${db:Status-Abbrev}\t${Essential}\t${Priority}\n";
 
 /// `dpkg-query -W` for exact names. Unknown names are simply absent.
 pub fn dpkg_entries(host: &Host, names: &[String]) -> Result<Vec<DpkgEntry>, Failure> {
