@@ -28,7 +28,10 @@ fn the_binary_contains_no_test_hooks() {
         .join("\n");
     for marker in TEST_ONLY_MARKERS {
         // The marker is real (present in the test-only source) ...
-        assert!(sources.contains(marker), "marker {marker:?} no longer in the sources");
+        assert!(
+            sources.contains(marker),
+            "marker {marker:?} no longer in the sources"
+        );
         // ... and absent from what gets installed.
         assert!(
             !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
@@ -72,11 +75,17 @@ fn as_nobody(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
 #[test]
 fn hostile_input_is_refused_with_a_one_line_reason() {
     for (args, want) in [
-        (&["apt", "install", "--", "./evil.deb"][..], "invalid package name \"./evil.deb\""),
+        (
+            &["apt", "install", "--", "./evil.deb"][..],
+            "invalid package name \"./evil.deb\"",
+        ),
         (&["apt", "install", "--", "ngin*"], "invalid package name"),
         (&["apt", "install", "nginx"], "needs `--`"),
         (&["sh", "-c", "id"], "unknown command line"),
-        (&["update", "apply", "--version", "../../etc"], "invalid release version"),
+        (
+            &["update", "apply", "--version", "../../etc"],
+            "invalid release version",
+        ),
         (&[], "no command given"),
     ] {
         let (code, out, err) = as_nobody(args, &[]);
