@@ -233,7 +233,12 @@ pub fn shown(words: &[&str]) -> String {
         }
         out.push_str(&format!("{:?}", w.chars().take(64).collect::<String>()));
         if out.len() > 200 {
-            out.truncate(200);
+            // Cut at a character boundary: the words may be any UTF-8.
+            let cut = (0..=200)
+                .rev()
+                .find(|i| out.is_char_boundary(*i))
+                .unwrap_or(0);
+            out.truncate(cut);
             out.push('…');
             break;
         }
@@ -467,6 +472,16 @@ mod tests {
         let r = refused(&[&long, "\n\u{1b}"]);
         assert!(r.len() < 500, "{}", r.len());
         assert!(!r.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn bounded_reasons_cut_at_character_boundaries() {
+        // Found by the fuzz target: a byte cut inside a multi-byte character.
+        for pad in 0..4 {
+            let word = format!("{}{}", "x".repeat(pad), "ᾡ".repeat(100));
+            let r = refused(&[&word, &word]);
+            assert!(r.contains('…'), "{r}");
+        }
     }
 
     #[test]
