@@ -23,6 +23,8 @@ pub const ADMIN_GROUPS: [&str; 3] = ["sudo", "admin", "wheel"];
 
 /// Largest config file read (the real one is a few KiB).
 const MAX_CONFIG: u64 = 1 << 20;
+/// Largest /etc/passwd or /etc/group read.
+const MAX_ACCOUNTS: u64 = 16 << 20;
 
 /// The identity of this invocation, gathered once in `main`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,13 +83,16 @@ pub fn check_caller(host: &Host, c: &Caller) -> Result<(), Failure> {
     if uid == 0 {
         return Ok(());
     }
-    let passwd = std::fs::read_to_string(host.path(paths::PASSWD)).map_err(|e| {
-        Failure::refused(format!(
-            "cannot read {}: {e}",
-            host.path(paths::PASSWD).display()
-        ))
-    })?;
-    let group = std::fs::read_to_string(host.path(paths::GROUP)).unwrap_or_default();
+    // The account databases decide who the executor is, so they get the
+    // same ownership check as the config.
+    let read = |p: &str| -> Result<String, Failure> {
+        let path = host.path(p);
+        let bytes = host::read_trusted(&path, MAX_ACCOUNTS)?
+            .ok_or_else(|| Failure::refused(format!("{} is missing", path.display())))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let passwd = read(paths::PASSWD)?;
+    let group = read(paths::GROUP)?;
     if passwd_uid(&passwd, EXECUTOR_USER) == Some(uid) {
         return Ok(());
     }
@@ -246,6 +251,22 @@ mod tests {
             assert_eq!(e.code, crate::EXIT_REFUSED);
             assert!(e.message.contains(want), "{c:?}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn a_writable_account_database_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let (d, h) = host();
+        let passwd = d.path().join("etc/passwd");
+        fs::set_permissions(&passwd, fs::Permissions::from_mode(0o666)).unwrap();
+        let e = check_caller(&h, &caller(0, 0, Some("998"))).unwrap_err();
+        assert!(
+            e.message.contains("writable by group or others"),
+            "{}",
+            e.message
+        );
+        // A root shell does not consult it.
+        assert_eq!(check_caller(&h, &caller(0, 0, None)), Ok(()));
     }
 
     #[test]
