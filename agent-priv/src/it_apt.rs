@@ -301,3 +301,15 @@ fn check_reports_and_version_needs_no_root() {
     f.set_config(r#"{"root_access_ceiling":"bogus"}"#);
     assert_eq!(f.run(&["check"]), EXIT_FAILED);
 }
+
+#[test]
+fn nothing_runs_unrecorded() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fake::new();
+    f.cache_pkg("nginx");
+    let dir = f.p("var/log/noderax-agent");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert_eq!(f.run(&["apt", "install", "--", "nginx"]), EXIT_REFUSED);
+    assert!(f.log("apt-cache").is_empty() && f.log("apt-get").is_empty());
+}

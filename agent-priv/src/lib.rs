@@ -101,7 +101,8 @@ pub fn run(host: &Host, caller: &Caller, argv: &[OsString]) -> u8 {
                         message: "",
                         duration: started.elapsed(),
                     },
-                )?;
+                )
+                .map_err(|e| Failure::refused(e.message))?;
             }
             dispatch(host, &cmd)
         });

@@ -82,13 +82,13 @@ pub fn apply(host: &Host, version: &str) -> Result<String, Failure> {
     let _lock = install.lock()?;
     let arch = host_arch()?;
     let current = install.link_version("current")?;
-    let incoming = install.stage_verified(host, version, arch)?;
     if current.as_deref() == Some(version) {
-        drop(incoming);
+        // A repeated request (a retried task, a re-dispatched rollout target).
         return Ok(format!(
             "{version} is already the current version; nothing to do"
         ));
     }
+    let incoming = install.stage_verified(host, version, arch)?;
     let target = install.releases.join(version);
     if fs::symlink_metadata(&target).is_ok() {
         // Not current (checked above): an older install of the same
