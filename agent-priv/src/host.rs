@@ -328,6 +328,7 @@ mod tests {
 
     #[test]
     fn children_get_only_the_fixed_environment() {
+        let _serial = crate::testkit::serial();
         let c = command(Path::new("/usr/bin/env"));
         let envs: Vec<(String, String)> = c
             .get_envs()

@@ -16,7 +16,19 @@ use crate::policy::Caller;
 
 pub const EXECUTOR_UID: u32 = 998;
 
+/// Serialises tests that write executables and run them. With `cargo test`
+/// (threads in one process) a child forked by one test inherits, until it
+/// execs, the write descriptor of a script another test is creating, and
+/// executing that script then fails with ETXTBSY. (nextest runs each test in
+/// its own process and is unaffected.)
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub struct Fake {
+    _serial: std::sync::MutexGuard<'static, ()>,
     _dir: tempfile::TempDir,
     root: PathBuf,
     pub host: Host,
@@ -24,6 +36,7 @@ pub struct Fake {
 
 impl Fake {
     pub fn new() -> Self {
+        let serial = serial();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
@@ -121,6 +134,7 @@ impl Fake {
         fs::set_permissions(&me, fs::Permissions::from_mode(0o755)).unwrap();
         let host = Host::under(&root);
         Self {
+            _serial: serial,
             _dir: dir,
             root,
             host,
