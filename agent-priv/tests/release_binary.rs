@@ -8,7 +8,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 /// Absolute: the tests set a hostile PATH for the child.
 const SETPRIV: &str = "/usr/bin/setpriv";
@@ -43,24 +42,22 @@ fn the_binary_contains_no_test_hooks() {
     assert!(bytes.windows(shipped.len()).any(|w| w == shipped));
 }
 
-/// A copy of the binary that `nobody` can reach: the build directory may
-/// sit under a directory only root can enter.
-fn reachable_copy() -> &'static Path {
-    static COPY: OnceLock<PathBuf> = OnceLock::new();
-    COPY.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let copy = dir.join("noderax-agent-priv");
-        std::fs::copy(BIN, &copy).unwrap();
-        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-        copy
-    })
+/// A copy of the binary that `nobody` can reach (the build directory may
+/// sit under a directory only root can enter), removed with the guard.
+fn reachable_copy() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("noderax-agent-priv");
+    std::fs::copy(BIN, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, copy)
 }
 
 fn as_nobody(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let (_dir, bin) = reachable_copy();
     let out = Command::new(SETPRIV)
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(reachable_copy())
+        .arg(&bin)
         .args(args)
         .envs(envs.iter().copied())
         .output()
