@@ -358,3 +358,25 @@ fn without_systemd_apply_switches_without_restart() {
     assert!(f.log("systemctl").is_empty());
     assert!(last_message(&f).contains("restart noderax-agent yourself"));
 }
+
+#[test]
+fn an_unreadable_release_key_refuses_updates_and_fails_check() {
+    let f = Fake::new();
+    f.with_systemd(true);
+    f.install_current("1.0.0");
+    fs::write(f.p("etc/noderax-agent/release.pub"), "not a key\n").unwrap();
+    f.stage(
+        "1.0.1",
+        &Fake::agent_binary("1.0.1", true),
+        Some(&signing_key(7)),
+    );
+    assert_eq!(
+        f.run(&["update", "apply", "--version", "1.0.1"]),
+        EXIT_REFUSED
+    );
+    assert!(last_message(&f).contains("is not a minisign public key"));
+    assert_unchanged(&f, "1.0.0", "1.0.1");
+    assert_eq!(f.run(&["check"]), EXIT_FAILED);
+    f.install_key(&signing_key(7));
+    assert_eq!(f.run(&["check"]), 0);
+}

@@ -234,7 +234,7 @@ fn check(host: &Host) -> Result<String, Failure> {
         Err(e) => problems.push(e.message),
     }
     let key = host.path(paths::RELEASE_KEY);
-    match host::read_trusted(&key, 4096) {
+    match update::release_key(host) {
         Ok(Some(_)) => out.push(format!(
             "updates: SHA-256 and minisign signature ({})",
             key.display()

@@ -406,28 +406,38 @@ fn restart_and_wait(host: &Host) -> Result<(), String> {
     }
 }
 
+/// The installed release key, if any: a minisign public key file (or its
+/// bare base64 line), root-owned and not writable by others.
+pub fn release_key(host: &Host) -> Result<Option<minisign_verify::PublicKey>, Failure> {
+    let key_path = host.path(paths::RELEASE_KEY);
+    let Some(key) = host::read_trusted(&key_path, MAX_KEY)? else {
+        return Ok(None);
+    };
+    let key_text = String::from_utf8_lossy(&key);
+    if key_text.trim().lines().count() == 1 {
+        minisign_verify::PublicKey::from_base64(key_text.trim())
+    } else {
+        minisign_verify::PublicKey::decode(&key_text)
+    }
+    .map(Some)
+    .map_err(|e| {
+        Failure::refused(format!(
+            "{} is not a minisign public key ({e}); replace it with the release key",
+            key_path.display()
+        ))
+    })
+}
+
 /// Checks the manifest's signature when a release key is installed.
 fn verify_signature(host: &Host, manifest: &[u8], signature: Option<&[u8]>) -> Result<(), Failure> {
     let key_path = host.path(paths::RELEASE_KEY);
-    let Some(key) = host::read_trusted(&key_path, MAX_KEY)? else {
+    let Some(key) = release_key(host)? else {
         println!(
             "noderax-agent-priv: no release key at {}; checking the SHA-256 digest only",
             key_path.display()
         );
         return Ok(());
     };
-    let key_text = String::from_utf8_lossy(&key);
-    let key = if key_text.trim().lines().count() == 1 {
-        minisign_verify::PublicKey::from_base64(key_text.trim())
-    } else {
-        minisign_verify::PublicKey::decode(&key_text)
-    }
-    .map_err(|e| {
-        Failure::refused(format!(
-            "{} is not a minisign public key ({e}); replace it with the release key",
-            key_path.display()
-        ))
-    })?;
     let Some(signature) = signature else {
         return Err(Failure::refused(format!(
             "a release key is installed but the release has no {SIGNATURE}; refusing an \
