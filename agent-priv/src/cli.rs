@@ -26,6 +26,10 @@ use shared::validate;
 /// count is still at most this). Bounds the argv handed to apt-get.
 pub const MAX_PACKAGES: usize = 64;
 
+/// Most argument words looked at: three copies of every name plus the
+/// command words.
+pub const MAX_ARGS: usize = 3 * MAX_PACKAGES + 3;
+
 /// The original self-update helper's file name; invoked under this name the
 /// helper accepts the original's flags (PROTOCOL.md §10.2, §12).
 pub const SELF_UPDATE_NAME: &str = "noderax-agent-self-update";
@@ -98,8 +102,10 @@ const USAGE: &str = "known: apt install|remove|purge -- NAME..., apt update, \
 /// Parses the arguments after argv\[0\]. `program` is argv\[0\]; only its file
 /// name matters, and only to select the self-update alias.
 pub fn parse(program: &OsStr, args: &[&OsStr]) -> Result<Command, Refusal> {
-    // Bound the work done on hostile input before looking at any word.
-    if args.len() > MAX_PACKAGES + 8 {
+    // Bound the work done on hostile input before looking at any word. The
+    // control plane repeats each name up to three times (PROTOCOL.md §7.5),
+    // so that many words may still de-duplicate to an acceptable list.
+    if args.len() > MAX_ARGS {
         return Err(Refusal(format!(
             "too many arguments ({}); at most {MAX_PACKAGES} package names per command",
             args.len()
@@ -396,6 +402,18 @@ mod tests {
         assert!(p(&args).is_ok());
         args.push("pkg0");
         assert!(p(&args).is_ok());
+        // Each name three times, as the control plane sends them.
+        let mut tripled = vec!["apt", "install", "--"];
+        for n in names.iter().take(64) {
+            tripled.extend([n.as_str(), n.as_str(), n.as_str()]);
+        }
+        assert_eq!(tripled.len(), MAX_ARGS);
+        match p(&tripled) {
+            Ok(Command::Apt { names, .. }) => assert_eq!(names.len(), 64),
+            other => panic!("{other:?}"),
+        }
+        tripled.push("pkg0");
+        assert!(refused(&tripled).contains("too many arguments"));
         let many: Vec<&str> = std::iter::repeat_n("x", 1000).collect();
         assert!(refused(&many).contains("too many arguments"));
     }
