@@ -95,6 +95,7 @@ pub fn apply(host: &Host, version: &str) -> Result<String, Failure> {
         // version, possibly `previous`; the verified copy replaces it.
         fs::remove_dir_all(&target).map_err(|e| io_fail("remove the old copy of", &target, e))?;
     }
+    step("installing", &target.display().to_string());
     fs::rename(&incoming.path, &target).map_err(|e| io_fail("install", &target, e))?;
     incoming.disarm();
     sync_dir(&install.releases);
@@ -280,6 +281,7 @@ impl Install {
         let digest = copy_staged(&dirfd, &staged, &artifact, &binary)?;
 
         // Checks run on the copies: nothing outside root's reach is read again.
+        step("verifying", &format!("{version} for {arch}"));
         verify_signature(host, &manifest, signature.as_deref())?;
         let want = manifest_digest(&manifest, version, arch)?;
         if !digest.eq_ignore_ascii_case(&want) {
@@ -311,11 +313,13 @@ impl Install {
             self.set_link("previous", o)?;
         }
         self.set_link("current", version)?;
+        step("switched", &format!("current -> releases/{version}"));
         if !host.systemd_running() {
             return Ok(format!(
                 "switched to {version}; systemd is not running, so restart noderax-agent yourself"
             ));
         }
+        step("restarting", &UNITS.join(" "));
         let why = match restart_and_wait(host) {
             Ok(()) => return Ok(format!("switched to {version}; {READY_UNIT} is running")),
             Err(why) => why,
@@ -326,7 +330,10 @@ impl Install {
                  version to roll back to: see `journalctl -u {READY_UNIT}`"
             )));
         };
-        println!("noderax-agent-priv: {version} is not ready ({why}); rolling back to {old}");
+        step(
+            "rolling-back",
+            &format!("{version} is not ready ({why}); back to {old}"),
+        );
         self.set_link("current", old)?;
         match old_previous {
             Some(p) => self.set_link("previous", p)?,
@@ -376,6 +383,14 @@ impl Install {
             }
         }
     }
+}
+
+/// Reports progress on stdout as `noderax-agent-priv: step: NAME: DETAIL`,
+/// one line each, so the executor can follow an update (the names match the
+/// progress statuses of PROTOCOL.md §10.3 where one exists).
+fn step(name: &str, detail: &str) {
+    println!("noderax-agent-priv: step: {name}: {detail}");
+    let _ = io::stdout().flush();
 }
 
 /// `systemctl restart` the units, then wait for [`READY_UNIT`] to be active
