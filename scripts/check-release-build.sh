@@ -20,5 +20,11 @@ check "$("$bin/noderax-agent-exec" --version | cut -d' ' -f1-2)" "noderax-agent-
 check "$("$bin/noderax-agent-priv" version | cut -d' ' -f1-2)" "noderax-agent-priv $version"
 "$bin/noderax-agent" version | grep -q '^commit: *[0-9a-f]\{40\}$' || { echo "release check: no commit in version output" >&2; fail=1; }
 "$bin/noderax-agent" version | grep -q '^built: *[0-9]\{4\}-[0-9][0-9]-[0-9][0-9]T' || { echo "release check: no build date" >&2; fail=1; }
+# The root helper's test hooks (fake root, injected failures) are #[cfg(test)]
+# only; their strings must not be in the release binary.
+if grep -q -a -e "injected failure before the switch" -e "fake apt-get: " "$bin/noderax-agent-priv"; then
+    echo "release check: test-only code is compiled into noderax-agent-priv" >&2
+    fail=1
+fi
 ls -l "$bin/noderax-agent" "$bin/noderax-agent-exec" "$bin/noderax-agent-priv"
 exit "$fail"

@@ -1,35 +1,19 @@
 //! `noderax-agent-priv`: the root helper, reached only as
-//! `sudo -n /usr/local/libexec/noderax-agent-priv ...` (ARCHITECTURE.md §2, §6).
-//!
-//! It accepts a closed set of commands given as argv words, never a shell
-//! string. This build implements `version`; every other word is refused with
-//! exit code 2 and a one-line reason.
+//! `sudo -n /usr/local/libexec/noderax-agent-priv ...` (ARCHITECTURE.md §2, §6),
+//! and under its second name `noderax-agent-self-update` (PROTOCOL.md §12).
+//! Everything is in the library (`agent_priv`); this only fixes the process
+//! state nothing should be inherited for.
 
 use std::process::ExitCode;
 
-use shared::build_info;
-
-/// Exit code of a refused command line.
-const REFUSED: u8 = 2;
-
 fn main() -> ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let words: Option<Vec<&str>> = args.iter().map(|a| a.to_str()).collect();
-    match words.as_deref() {
-        Some(["version"]) => {
-            println!("noderax-agent-priv {}", build_info::summary());
-            ExitCode::SUCCESS
-        }
-        Some([]) => refuse("no command given (known: version)"),
-        Some([first, ..]) => refuse(&format!(
-            "unknown command {:?} (known: version)",
-            first.escape_debug().to_string()
-        )),
-        None => refuse("arguments must be valid UTF-8"),
-    }
-}
-
-fn refuse(reason: &str) -> ExitCode {
-    eprintln!("noderax-agent-priv: refused: {reason}");
-    ExitCode::from(REFUSED)
+    // Files the helper creates get exactly the modes it asks for, whatever
+    // umask the caller had, and no relative path means the caller's cwd.
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0o022) };
+    let _ = std::env::set_current_dir("/");
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let host = agent_priv::host::Host::system();
+    let caller = agent_priv::policy::Caller::current();
+    ExitCode::from(agent_priv::run(&host, &caller, &argv))
 }
