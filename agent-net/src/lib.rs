@@ -1,7 +1,8 @@
 //! The network process's building blocks, kept in a library so they are
 //! unit-tested apart from the command line.
 //!
-//! - [`api_client`], [`tls`], [`backoff`]: talking to the control plane.
+//! - [`api_client`], [`sio_client`], [`tls`], [`backoff`]: talking to the
+//!   control plane over HTTP and Socket.IO.
 //! - [`enrollment`], [`host_facts`]: obtaining the node identity.
 //! - [`log_entries`]: raw task output → log entries the API accepts.
 //! - [`output_clip`]: the `output` of a completion, within the API's limit.
@@ -14,5 +15,6 @@ pub mod enrollment;
 pub mod host_facts;
 pub mod log_entries;
 pub mod output_clip;
+pub mod sio_client;
 pub mod task_journal;
 pub mod tls;
