@@ -4,6 +4,7 @@
 //! - [`api_client`], [`sio_client`], [`tls`], [`backoff`]: talking to the
 //!   control plane over HTTP and Socket.IO.
 //! - [`enrollment`], [`host_facts`]: obtaining the node identity.
+//! - [`metrics`]: host metrics for `agent.metrics`.
 //! - [`log_entries`]: raw task output → log entries the API accepts.
 //! - [`output_clip`]: the `output` of a completion, within the API's limit.
 //! - [`task_journal`]: a task's output stored durably on the node, with the
@@ -14,6 +15,7 @@ pub mod backoff;
 pub mod enrollment;
 pub mod host_facts;
 pub mod log_entries;
+pub mod metrics;
 pub mod output_clip;
 pub mod sio_client;
 pub mod task_journal;
