@@ -9,6 +9,7 @@
 //! - [`output_clip`]: the `output` of a completion, within the API's limit.
 //! - [`task_journal`]: a task's output stored durably on the node, with the
 //!   position up to which the control plane has it.
+//! - [`task_report`]: delivers a task's log entries and completion from disk.
 
 pub mod api_client;
 pub mod backoff;
@@ -19,4 +20,5 @@ pub mod metrics;
 pub mod output_clip;
 pub mod sio_client;
 pub mod task_journal;
+pub mod task_report;
 pub mod tls;

@@ -15,11 +15,7 @@ pub fn clip(text: &str, max_chars: usize, task_id: &str) -> String {
     }
     // The marker's own length depends on the number it carries; size it for
     // the largest possible number so the total never exceeds the limit.
-    let marker_for = |omitted: usize| {
-        format!(
-            "\n…[{omitted} characters omitted; full output on the node: noderax-agent task-output {task_id}]…\n"
-        )
-    };
+    let marker_for = |omitted: usize| clip_marker(omitted, task_id);
     let marker_len = marker_for(total).chars().count();
     if marker_len >= max_chars {
         return text.chars().take(max_chars).collect();
@@ -32,6 +28,78 @@ pub fn clip(text: &str, max_chars: usize, task_id: &str) -> String {
     out.push_str(&marker_for(omitted));
     out.extend(text.chars().skip(total - tail));
     out
+}
+
+/// [`clip`] without holding the whole text: push pieces as they come; memory
+/// stays near `max_chars` code points however long the output is.
+pub struct Clipper {
+    max_chars: usize,
+    head: String,
+    head_chars: usize,
+    tail: std::collections::VecDeque<char>,
+    total: usize,
+}
+
+impl Clipper {
+    pub fn new(max_chars: usize) -> Self {
+        Self {
+            max_chars,
+            head: String::new(),
+            head_chars: 0,
+            tail: std::collections::VecDeque::new(),
+            total: 0,
+        }
+    }
+
+    /// Appends text.
+    pub fn push(&mut self, text: &str) {
+        for ch in text.chars() {
+            self.total += 1;
+            if self.head_chars < self.max_chars {
+                self.head.push(ch);
+                self.head_chars += 1;
+            } else {
+                self.tail.push_back(ch);
+                if self.tail.len() > self.max_chars {
+                    self.tail.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Code points pushed so far.
+    pub fn total_chars(&self) -> usize {
+        self.total
+    }
+
+    /// The same result as [`clip`] of everything pushed.
+    pub fn finish(self, task_id: &str) -> String {
+        if self.total <= self.max_chars {
+            return self.head;
+        }
+        // Everything pushed is head + (skipped middle) + tail; clip needs
+        // only the first and last `max_chars` code points.
+        let mut text = self.head;
+        let marker_len = clip_marker(self.total, task_id).chars().count();
+        if marker_len >= self.max_chars {
+            return text.chars().take(self.max_chars).collect();
+        }
+        let keep = self.max_chars - marker_len;
+        let head = keep / 2;
+        let tail = keep - head;
+        let omitted = self.total - head - tail;
+        text = text.chars().take(head).collect();
+        text.push_str(&clip_marker(omitted, task_id));
+        let skip = self.tail.len() - tail.min(self.tail.len());
+        text.extend(self.tail.iter().skip(skip));
+        text
+    }
+}
+
+fn clip_marker(omitted: usize, task_id: &str) -> String {
+    format!(
+        "\n…[{omitted} characters omitted; full output on the node: noderax-agent task-output {task_id}]…\n"
+    )
 }
 
 /// [`clip`] at the API's limit.
@@ -87,6 +155,29 @@ mod tests {
         let out = clip_for_api(&text, ID);
         assert!(out.chars().count() <= MAX_COMPLETED_OUTPUT_CHARS);
         assert!(out.starts_with("日本語"));
+    }
+
+    #[test]
+    fn the_streaming_clipper_equals_clip() {
+        for (len, max) in [
+            (0, 10),
+            (5, 10),
+            (10, 10),
+            (11, 200),
+            (1000, 200),
+            (5000, 150),
+            (300, 100),
+        ] {
+            let text: String = (0..len)
+                .map(|i| char::from_u32(0x41 + (i % 50) as u32).unwrap())
+                .collect();
+            let mut c = Clipper::new(max);
+            for piece in text.as_bytes().chunks(7) {
+                c.push(std::str::from_utf8(piece).unwrap());
+            }
+            assert_eq!(c.total_chars(), len);
+            assert_eq!(c.finish(ID), clip(&text, max, ID), "len {len} max {max}");
+        }
     }
 
     #[test]

@@ -298,30 +298,66 @@ impl TaskJournal {
     }
 
     /// The stored output after `from` (per stream), in the order it was
-    /// produced, chunk by chunk.
+    /// produced, chunk by chunk. Loads it all: for tests and small outputs;
+    /// use [`reader`](Self::reader) otherwise.
     pub fn read_from(&self, from: Positions) -> io::Result<Vec<(LogStream, Vec<u8>)>> {
-        let mut reader = File::open(self.dir.join(JOURNAL))?;
-        let mut pos = [0u64; 3];
+        let mut reader = self.reader(from)?;
         let mut out = Vec::new();
-        for c in &self.chunks {
-            let i = usize::from(stream_code(c.stream));
-            let start = pos[i];
-            pos[i] += u64::from(c.len);
-            if pos[i] <= from[i] {
-                continue;
-            }
-            let skip = from[i].saturating_sub(start);
-            let mut buf = vec![0u8; (u64::from(c.len) - skip) as usize];
-            reader.seek(SeekFrom::Start(c.offset + skip))?;
-            reader.read_exact(&mut buf)?;
-            out.push((c.stream, buf));
+        while let Some(chunk) = reader.next_chunk(self)? {
+            out.push(chunk);
         }
         Ok(out)
+    }
+
+    /// A reader of the output after `from`, one chunk at a time; it also
+    /// sees chunks appended after it was created.
+    pub fn reader(&self, from: Positions) -> io::Result<JournalReader> {
+        Ok(JournalReader {
+            file: File::open(self.dir.join(JOURNAL))?,
+            next: 0,
+            pos: [0; 3],
+            from,
+        })
     }
 
     /// Every chunk's sequence number, in order (diagnostics and tests).
     pub fn seqs(&self) -> Vec<u64> {
         self.chunks.iter().map(|c| c.seq).collect()
+    }
+}
+
+/// Reads a journal's output in order without loading it all.
+pub struct JournalReader {
+    file: File,
+    /// Index of the next chunk to look at.
+    next: usize,
+    /// Per-stream position at the start of chunk `next`.
+    pos: Positions,
+    /// Output before these positions is skipped.
+    from: Positions,
+}
+
+impl JournalReader {
+    /// The next piece of output, or `None` when everything stored so far was read.
+    pub fn next_chunk(
+        &mut self,
+        journal: &TaskJournal,
+    ) -> io::Result<Option<(LogStream, Vec<u8>)>> {
+        while let Some(c) = journal.chunks.get(self.next) {
+            self.next += 1;
+            let i = usize::from(stream_code(c.stream));
+            let start = self.pos[i];
+            self.pos[i] += u64::from(c.len);
+            if self.pos[i] <= self.from[i] {
+                continue;
+            }
+            let skip = self.from[i].saturating_sub(start);
+            let mut buf = vec![0u8; (u64::from(c.len) - skip) as usize];
+            self.file.seek(SeekFrom::Start(c.offset + skip))?;
+            self.file.read_exact(&mut buf)?;
+            return Ok(Some((c.stream, buf)));
+        }
+        Ok(None)
     }
 }
 
