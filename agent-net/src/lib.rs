@@ -6,6 +6,7 @@
 //! - [`enrollment`], [`host_facts`]: obtaining the node identity.
 //! - [`metrics`]: host metrics for `agent.metrics`.
 //! - [`log_entries`]: raw task output → log entries the API accepts.
+//! - [`root_access`]: which root-access profile the agent applies and reports.
 //! - [`output_clip`]: the `output` of a completion, within the API's limit.
 //! - [`task_journal`]: a task's output stored durably on the node, with the
 //!   position up to which the control plane has it.
@@ -18,6 +19,7 @@ pub mod host_facts;
 pub mod log_entries;
 pub mod metrics;
 pub mod output_clip;
+pub mod root_access;
 pub mod sio_client;
 pub mod task_journal;
 pub mod task_report;
