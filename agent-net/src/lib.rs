@@ -3,6 +3,7 @@
 //!
 //! - [`api_client`], [`sio_client`], [`tls`], [`backoff`]: talking to the
 //!   control plane over HTTP and Socket.IO.
+//! - [`claim_loop`]: claiming tasks by long polling.
 //! - [`enrollment`], [`host_facts`]: obtaining the node identity.
 //! - [`metrics`]: host metrics for `agent.metrics`.
 //! - [`log_entries`]: raw task output → log entries the API accepts.
@@ -14,6 +15,7 @@
 
 pub mod api_client;
 pub mod backoff;
+pub mod claim_loop;
 pub mod enrollment;
 pub mod host_facts;
 pub mod log_entries;
