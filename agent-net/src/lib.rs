@@ -3,7 +3,9 @@
 //!
 //! - [`api_client`], [`sio_client`], [`tls`], [`backoff`]: talking to the
 //!   control plane over HTTP and Socket.IO.
-//! - [`claim_loop`]: claiming tasks by long polling.
+//! - [`claim_loop`]: claiming tasks by long polling; [`control_watch`]:
+//!   cancel requests of running tasks; [`heartbeat`]: HTTP presence while
+//!   the socket is down.
 //! - [`enrollment`], [`host_facts`]: obtaining the node identity.
 //! - [`metrics`]: host metrics for `agent.metrics`.
 //! - [`log_entries`]: raw task output → log entries the API accepts.
@@ -16,7 +18,9 @@
 pub mod api_client;
 pub mod backoff;
 pub mod claim_loop;
+pub mod control_watch;
 pub mod enrollment;
+pub mod heartbeat;
 pub mod host_facts;
 pub mod log_entries;
 pub mod metrics;
