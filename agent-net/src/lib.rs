@@ -7,6 +7,8 @@
 //!   cancel requests of running tasks; [`heartbeat`]: HTTP presence while
 //!   the socket is down.
 //! - [`enrollment`], [`host_facts`]: obtaining the node identity.
+//! - [`realtime_session`]: the Socket.IO session (auth, ping, metrics,
+//!   root-access updates, terminal events, reconnect).
 //! - [`metrics`]: host metrics for `agent.metrics`.
 //! - [`log_entries`]: raw task output → log entries the API accepts.
 //! - [`root_access`]: which root-access profile the agent applies and reports.
@@ -25,6 +27,7 @@ pub mod host_facts;
 pub mod log_entries;
 pub mod metrics;
 pub mod output_clip;
+pub mod realtime_session;
 pub mod root_access;
 pub mod sio_client;
 pub mod task_journal;
