@@ -16,6 +16,8 @@
 //! - [`task_journal`]: a task's output stored durably on the node, with the
 //!   position up to which the control plane has it.
 //! - [`task_report`]: delivers a task's log entries and completion from disk.
+//! - [`task_spec`]: a claimed task's payload checked and turned into an
+//!   executor request.
 
 pub mod api_client;
 pub mod backoff;
@@ -32,4 +34,5 @@ pub mod root_access;
 pub mod sio_client;
 pub mod task_journal;
 pub mod task_report;
+pub mod task_spec;
 pub mod tls;
