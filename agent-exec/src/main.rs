@@ -1,46 +1,233 @@
-//! `noderax-agent-exec`: the executor. Runs tasks and terminals for the
-//! network process over the IPC socket (ARCHITECTURE.md §2–§4) as the
-//! unprivileged user `noderax`.
-//!
-//! This build knows its version only; serving the IPC socket is the
-//! executor issue's work.
+//! `noderax-agent-exec`: the executor's command line and start-up. The
+//! work is done by the library modules (see `agent_exec`).
 
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::{Context, bail};
+use clap::Parser;
 use shared::build_info;
+use shared::config::Config;
 
-const USAGE: &str = "usage: noderax-agent-exec [--version | --help]
+use agent_exec::ipc_server::{self, Endpoint};
+use agent_exec::output_buffer::Bounds;
+use agent_exec::settings::Settings;
+use agent_exec::task_registry::Registry;
+use agent_exec::{child_env, log, process_group};
 
-The Noderax agent's executor. It is started by systemd (socket activation on
-/run/noderax-agent/exec.sock) or by `noderax-agent` itself; it is not meant to
-be run by hand.";
+/// First fd systemd passes with socket activation (sd_listen_fds(3)).
+const SD_LISTEN_FDS_START: i32 = 3;
+
+/// The Noderax agent's executor. It is started by systemd (socket activation
+/// on /run/noderax-agent/exec.sock) or by `noderax-agent` itself with
+/// `--ipc-fd`; it is not meant to be run by hand.
+#[derive(Debug, Parser)]
+#[command(name = "noderax-agent-exec", disable_version_flag = true)]
+struct Cli {
+    /// Print the version and exit.
+    #[arg(short = 'v', long)]
+    version: bool,
+    /// Serve one already connected socket (a socketpair end) on this fd;
+    /// the executor exits when that peer goes away.
+    #[arg(long, value_name = "FD", conflicts_with = "listen")]
+    ipc_fd: Option<i32>,
+    /// Listen on this socket path (development; under systemd the socket
+    /// comes from socket activation, LISTEN_FDS).
+    #[arg(long, value_name = "PATH")]
+    listen: Option<PathBuf>,
+    /// uid allowed to connect; repeat for several. Default: the executor's own uid.
+    #[arg(long = "peer-uid", value_name = "UID")]
+    peer_uids: Vec<u32>,
+    /// Directory for spill files of unacknowledged output.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/lib/noderax-agent/exec"
+    )]
+    state_dir: PathBuf,
+    /// Between SIGTERM and SIGKILL on timeout or cancel (Go duration). Default: config key kill_grace.
+    #[arg(long, value_name = "DURATION")]
+    kill_grace: Option<String>,
+    /// Tasks allowed to run at once. Default: config key max_concurrent_tasks.
+    #[arg(long, value_name = "N")]
+    max_tasks: Option<usize>,
+    /// Unacknowledged output kept in memory per task, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    output_memory_bytes: usize,
+    /// Unacknowledged output kept in the spill file per task, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
+    output_spill_bytes: u64,
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let defaults = Config::default();
+    let kill_grace = match &cli.kill_grace {
+        Some(s) => shared::go_duration::parse(s).with_context(|| {
+            format!("--kill-grace {s:?} is not a duration such as 10s or 1m30s")
+        })?,
+        None => defaults.kill_grace,
+    };
+    let max_tasks = cli
+        .max_tasks
+        .unwrap_or(defaults.max_concurrent_tasks as usize);
+    if max_tasks == 0 {
+        bail!("--max-tasks must be at least 1");
+    }
+    // SAFETY: getuid cannot fail.
+    let own_uid = unsafe { libc::getuid() };
+    Ok(Settings {
+        allowed_uids: if cli.peer_uids.is_empty() {
+            vec![own_uid]
+        } else {
+            cli.peer_uids.clone()
+        },
+        state_dir: cli.state_dir.clone(),
+        kill_grace,
+        max_tasks,
+        output_bounds: Bounds {
+            memory: cli.output_memory_bytes,
+            spill: cli.output_spill_bytes,
+        },
+        user: child_env::User::current(),
+    })
+}
+
+/// The listener passed by systemd, if this process is its target.
+fn activated_listener() -> anyhow::Result<Option<std::os::unix::net::UnixListener>> {
+    let (Ok(pid), Ok(fds)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) else {
+        return Ok(None);
+    };
+    if pid.trim() != std::process::id().to_string() {
+        return Ok(None);
+    }
+    let n: i32 = fds
+        .trim()
+        .parse()
+        .with_context(|| format!("LISTEN_FDS={fds:?} is not a number"))?;
+    if n != 1 {
+        bail!(
+            "systemd passed {n} sockets (LISTEN_FDS); the executor's socket unit must define exactly one"
+        );
+    }
+    // SAFETY: systemd hands over fd 3 to this process (LISTEN_PID matched);
+    // nothing else in the process owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
+    set_cloexec(&fd)?;
+    Ok(Some(std::os::unix::net::UnixListener::from(fd)))
+}
+
+fn set_cloexec(fd: &OwnedFd) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on an fd we own. Children must not inherit the socket.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    if rc != 0 {
+        bail!(
+            "could not mark fd {} close-on-exec: {}",
+            fd.as_raw_fd(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
+    if let Some(fd) = cli.ipc_fd {
+        if fd < 3 {
+            bail!(
+                "--ipc-fd {fd} is stdin/stdout/stderr; pass the socketpair end on fd 3 or higher"
+            );
+        }
+        // SAFETY: the parent passed this fd to us for exactly this purpose.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        set_cloexec(&owned)?;
+        let std_stream = std::os::unix::net::UnixStream::from(owned);
+        std_stream
+            .set_nonblocking(true)
+            .with_context(|| format!("--ipc-fd {fd} is not a usable socket"))?;
+        let stream = tokio::net::UnixStream::from_std(std_stream)
+            .with_context(|| format!("--ipc-fd {fd} is not a Unix stream socket"))?;
+        return Ok(Endpoint::Connected(stream));
+    }
+    let listener = if let Some(l) = activated_listener()? {
+        l
+    } else if let Some(path) = &cli.listen {
+        let _ = std::fs::remove_file(path);
+        std::os::unix::net::UnixListener::bind(path)
+            .with_context(|| format!("could not listen on {}", path.display()))?
+    } else {
+        bail!(
+            "no IPC socket: start the executor through its systemd socket unit, or pass --ipc-fd FD or --listen PATH"
+        );
+    };
+    listener.set_nonblocking(true)?;
+    Ok(Endpoint::Listener(tokio::net::UnixListener::from_std(
+        listener,
+    )?))
+}
+
+async fn shutdown(registry: &Registry, reason: &str, kill_grace: Duration) {
+    registry.cancel_all(reason);
+    // Runners send SIGTERM, wait the grace period, then SIGKILL; give them
+    // that long plus a little to reap and report.
+    let limit = tokio::time::Instant::now() + kill_grace + Duration::from_secs(10);
+    while !registry.all_ended() && tokio::time::Instant::now() < limit {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for pgid in registry.running_groups() {
+        let _ = process_group::signal(pgid, libc::SIGKILL);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Arc::new(settings(&cli)?);
+    let spill_dir = settings.spill_dir();
+    std::fs::create_dir_all(&spill_dir).with_context(|| {
+        format!(
+            "could not create the spill directory {}; create it owned by the executor's user or pass --state-dir",
+            spill_dir.display()
+        )
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the event loop")?;
+    runtime.block_on(async {
+        let endpoint = endpoint(&cli)?;
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("could not install the SIGTERM handler")?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("could not install the SIGINT handler")?;
+        let registry = Registry::new();
+        log::info(&format!(
+            "started (version {}), serving tasks for uid(s) {:?}",
+            build_info::VERSION,
+            settings.allowed_uids
+        ));
+        let reason = tokio::select! {
+            () = ipc_server::serve(endpoint, registry.clone(), settings.clone()) => "executor's IPC peer is gone",
+            _ = sigterm.recv() => "executor is shutting down (SIGTERM)",
+            _ = sigint.recv() => "executor is shutting down (SIGINT)",
+        };
+        log::info(&format!("{reason}; stopping running tasks"));
+        shutdown(&registry, reason, settings.kill_grace).await;
+        anyhow::Ok(())
+    })
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["--version" | "-v" | "version"] => {
-            println!("noderax-agent-exec {}", build_info::summary());
-            ExitCode::SUCCESS
-        }
-        ["--help" | "-h" | "help"] => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        [] => {
-            eprintln!(
-                "noderax-agent-exec {}: this build cannot serve the executor socket yet; nothing was started",
-                build_info::VERSION
-            );
-            ExitCode::from(2)
-        }
-        [other, ..] => {
-            eprintln!("noderax-agent-exec: unknown argument {other:?}\n\n{USAGE}");
-            ExitCode::from(2)
+    let cli = Cli::parse();
+    if cli.version {
+        println!("noderax-agent-exec {}", build_info::summary());
+        return ExitCode::SUCCESS;
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error(&format!("{e:#}"));
+            ExitCode::FAILURE
         }
     }
 }
