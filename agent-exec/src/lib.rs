@@ -7,12 +7,17 @@
 //! - [`task_runner`], [`process_runner`], [`process_group`], [`child_env`]:
 //!   turning a request into a supervised process;
 //! - [`output_buffer`]: one task's unacknowledged output (memory, then spill file);
+//! - [`package_list`], [`package_search`], [`package_change`]: package tasks
+//!   and the root helper's argv;
 //! - [`settings`], [`log`]: start-up values and log lines.
 
 pub mod child_env;
 pub mod ipc_server;
 pub mod log;
 pub mod output_buffer;
+pub mod package_change;
+pub mod package_list;
+pub mod package_search;
 pub mod process_group;
 pub mod process_runner;
 pub mod settings;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use shared::api::RootProfile;
 use shared::build_info;
 use shared::config::Config;
 
@@ -60,6 +61,20 @@ struct Cli {
     /// Unacknowledged output kept in the spill file per task, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
     output_spill_bytes: u64,
+    /// The sudo binary used to reach the root helper.
+    #[arg(long, value_name = "PATH", default_value = "/usr/bin/sudo")]
+    sudo: PathBuf,
+    /// The root helper (`noderax-agent-priv`).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/usr/local/libexec/noderax-agent-priv"
+    )]
+    helper: PathBuf,
+    /// Most root access this host allows (config key root_access_ceiling);
+    /// package changes need one that includes `operational`.
+    #[arg(long, value_name = "PROFILE")]
+    root_access_ceiling: Option<String>,
 }
 
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
@@ -69,6 +84,12 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
             format!("--kill-grace {s:?} is not a duration such as 10s or 1m30s")
         })?,
         None => defaults.kill_grace,
+    };
+    let root_access_ceiling = match &cli.root_access_ceiling {
+        Some(s) => RootProfile::parse(s).with_context(|| {
+            format!("--root-access-ceiling {s:?} is not a profile (off, operational, ...)")
+        })?,
+        None => defaults.root_access_ceiling,
     };
     let max_tasks = cli
         .max_tasks
@@ -91,6 +112,9 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
             memory: cli.output_memory_bytes,
             spill: cli.output_spill_bytes,
         },
+        sudo: cli.sudo.clone(),
+        helper: cli.helper.clone(),
+        root_access_ceiling,
         user: child_env::User::current(),
     })
 }

@@ -4,10 +4,13 @@
 //! the network user (it may hold secrets), and the executor must not be able
 //! to read it. Whoever starts the executor (the systemd unit, or agent-net in
 //! foreground mode) passes the few values it needs; the defaults are the
-//! config file's defaults (`kill_grace`, `max_concurrent_tasks`).
+//! config file's defaults (`kill_grace`, `max_concurrent_tasks`,
+//! `root_access_ceiling`).
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use shared::api::RootProfile;
 
 use crate::child_env::User;
 use crate::output_buffer::Bounds;
@@ -22,6 +25,12 @@ pub struct Settings {
     pub kill_grace: Duration,
     pub max_tasks: usize,
     pub output_bounds: Bounds,
+    /// `sudo` binary used to reach the root helper.
+    pub sudo: PathBuf,
+    /// The root helper (`noderax-agent-priv`).
+    pub helper: PathBuf,
+    /// The most root access this host allows; package changes need `operational`.
+    pub root_access_ceiling: RootProfile,
     /// Who the executor runs as (for the child environment).
     pub user: User,
 }
