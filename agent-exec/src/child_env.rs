@@ -25,6 +25,8 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub struct User {
     pub name: String,
     pub home: String,
+    /// Login shell from the password database, if any.
+    pub shell: Option<String>,
 }
 
 impl User {
@@ -44,6 +46,7 @@ impl User {
             return Self {
                 name: uid.to_string(),
                 home: "/".into(),
+                shell: None,
             };
         }
         // SAFETY: non-null NUL-terminated strings inside `buf` (see above).
@@ -56,6 +59,7 @@ impl User {
         };
         let name = text(pwd.pw_name);
         let home = text(pwd.pw_dir);
+        let shell = text(pwd.pw_shell);
         Self {
             name: if name.is_empty() {
                 uid.to_string()
@@ -63,6 +67,7 @@ impl User {
                 name
             },
             home: if home.is_empty() { "/".into() } else { home },
+            shell: Some(shell).filter(|s| !s.is_empty()),
         }
     }
 }
@@ -97,6 +102,7 @@ mod tests {
         let user = User {
             name: "noderax".into(),
             home: "/var/lib/noderax-agent".into(),
+            shell: None,
         };
         let env = build(
             &user,

@@ -26,6 +26,7 @@ use crate::log;
 use crate::settings::Settings;
 use crate::task_registry::Registry;
 use crate::task_runner;
+use crate::terminals::Terminals;
 
 /// How long a peer may take to send its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,11 +101,16 @@ fn peer_allowed(stream: &UnixStream, settings: &Settings) -> bool {
 
 /// Serves peers until the endpoint is exhausted (a connected socket's peer
 /// left) or accepting fails.
-pub async fn serve(endpoint: Endpoint, registry: Arc<Registry>, settings: Arc<Settings>) {
+pub async fn serve(
+    endpoint: Endpoint,
+    registry: Arc<Registry>,
+    terminals: Arc<Terminals>,
+    settings: Arc<Settings>,
+) {
     match endpoint {
         Endpoint::Connected(stream) => {
             if peer_allowed(&stream, &settings) {
-                let result = session(stream, &registry, &settings).await;
+                let result = session(stream, &registry, &terminals, &settings).await;
                 registry.disconnect();
                 log::info(&format!("IPC peer gone: {}", describe(result)));
             }
@@ -125,7 +131,7 @@ pub async fn serve(endpoint: Endpoint, registry: Arc<Registry>, settings: Arc<Se
                     },
                 };
                 tokio::select! {
-                    result = session(stream, &registry, &settings) => {
+                    result = session(stream, &registry, &terminals, &settings) => {
                         log::info(&format!("IPC peer gone: {}; waiting for a new connection", describe(result)));
                     }
                     newer = accept_allowed(&listener, &settings) => match newer {
@@ -201,6 +207,7 @@ async fn read_message(
 async fn session(
     stream: UnixStream,
     registry: &Arc<Registry>,
+    terminals: &Arc<Terminals>,
     settings: &Arc<Settings>,
 ) -> Result<(), SessionError> {
     let (mut rd, mut wr) = stream.into_split();
@@ -221,7 +228,8 @@ async fn session(
         "IPC peer pid {} (version {}) connected",
         peer.pid, peer.agent_version
     ));
-    let inventory = registry.connect();
+    let mut inventory = registry.connect();
+    inventory.terminals = terminals.inventory();
     write_all_messages(&mut wr, &[ExecMessage::Inventory(inventory)]).await?;
 
     let writer = {
@@ -240,7 +248,7 @@ async fn session(
     let reader = async {
         loop {
             let msg = read_message(&mut rd, &mut decoder, &mut buf).await?;
-            handle(msg, registry, settings)?;
+            handle(msg, registry, terminals, settings)?;
         }
     };
     tokio::select! {
@@ -260,6 +268,7 @@ fn refuse(registry: &Registry, request: &str, reason: String) {
 fn handle(
     msg: NetMessage,
     registry: &Arc<Registry>,
+    terminals: &Arc<Terminals>,
     settings: &Arc<Settings>,
 ) -> Result<(), SessionError> {
     match msg {
@@ -304,18 +313,21 @@ fn handle(
                 refuse(registry, &format!("ForgetTask {task_id}"), e.to_string());
             }
         }
-        NetMessage::TerminalOpen(open) => terminal_unsupported(registry, open.session_id),
-        NetMessage::TerminalInput { session_id, .. }
-        | NetMessage::TerminalResize { session_id, .. }
-        | NetMessage::TerminalClose { session_id, .. }
-        | NetMessage::TerminalAck { session_id, .. } => terminal_unsupported(registry, session_id),
+        NetMessage::TerminalOpen(open) => terminals.open(registry, settings, open),
+        NetMessage::TerminalInput { session_id, bytes } => {
+            terminals.input(registry, &session_id, bytes)
+        }
+        NetMessage::TerminalResize {
+            session_id,
+            cols,
+            rows,
+        } => terminals.resize(registry, &session_id, cols, rows),
+        NetMessage::TerminalClose { session_id, reason } => {
+            terminals.close(registry, &session_id, reason)
+        }
+        // Terminal output is a live stream that is not kept for replay
+        // (see `terminals`), so an acknowledgement frees nothing.
+        NetMessage::TerminalAck { .. } => {}
     }
     Ok(())
-}
-
-fn terminal_unsupported(registry: &Registry, session_id: String) {
-    registry.send(ExecMessage::TerminalError {
-        session_id,
-        message: "terminals are not available: this executor build has no terminal support".into(),
-    });
 }

@@ -9,6 +9,7 @@
 //! - [`output_buffer`]: one task's unacknowledged output (memory, then spill file);
 //! - [`package_list`], [`package_search`], [`package_change`]: package tasks
 //!   and the root helper's argv;
+//! - [`terminals`], [`pty_session`]: interactive shells on PTYs;
 //! - [`settings`], [`log`]: start-up values and log lines.
 
 pub mod child_env;
@@ -20,6 +21,8 @@ pub mod package_list;
 pub mod package_search;
 pub mod process_group;
 pub mod process_runner;
+pub mod pty_session;
 pub mod settings;
 pub mod task_registry;
 pub mod task_runner;
+pub mod terminals;

@@ -17,6 +17,7 @@ use agent_exec::ipc_server::{self, Endpoint};
 use agent_exec::output_buffer::Bounds;
 use agent_exec::settings::Settings;
 use agent_exec::task_registry::Registry;
+use agent_exec::terminals::Terminals;
 use agent_exec::{child_env, log, process_group};
 
 /// First fd systemd passes with socket activation (sd_listen_fds(3)).
@@ -97,6 +98,7 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
     if max_tasks == 0 {
         bail!("--max-tasks must be at least 1");
     }
+    let user = child_env::User::current();
     // SAFETY: getuid cannot fail.
     let own_uid = unsafe { libc::getuid() };
     Ok(Settings {
@@ -115,7 +117,11 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
         sudo: cli.sudo.clone(),
         helper: cli.helper.clone(),
         root_access_ceiling,
-        user: child_env::User::current(),
+        login_shell: std::env::var("SHELL")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| user.shell.clone()),
+        user,
     })
 }
 
@@ -192,12 +198,13 @@ fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
     )?))
 }
 
-async fn shutdown(registry: &Registry, reason: &str, kill_grace: Duration) {
+async fn shutdown(registry: &Registry, terminals: &Terminals, reason: &str, kill_grace: Duration) {
+    terminals.close_all(reason);
     registry.cancel_all(reason);
     // Runners send SIGTERM, wait the grace period, then SIGKILL; give them
     // that long plus a little to reap and report.
     let limit = tokio::time::Instant::now() + kill_grace + Duration::from_secs(10);
-    while !registry.all_ended() && tokio::time::Instant::now() < limit {
+    while !(registry.all_ended() && terminals.is_empty()) && tokio::time::Instant::now() < limit {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for pgid in registry.running_groups() {
@@ -225,18 +232,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .context("could not install the SIGINT handler")?;
         let registry = Registry::new();
+        let terminals = Terminals::new();
         log::info(&format!(
             "started (version {}), serving tasks for uid(s) {:?}",
             build_info::VERSION,
             settings.allowed_uids
         ));
         let reason = tokio::select! {
-            () = ipc_server::serve(endpoint, registry.clone(), settings.clone()) => "executor's IPC peer is gone",
+            () = ipc_server::serve(endpoint, registry.clone(), terminals.clone(), settings.clone()) => "executor's IPC peer is gone",
             _ = sigterm.recv() => "executor is shutting down (SIGTERM)",
             _ = sigint.recv() => "executor is shutting down (SIGINT)",
         };
         log::info(&format!("{reason}; stopping running tasks"));
-        shutdown(&registry, reason, settings.kill_grace).await;
+        shutdown(&registry, &terminals, reason, settings.kill_grace).await;
         anyhow::Ok(())
     })
 }

@@ -29,6 +29,54 @@ pub fn signal(pgid: i32, signal: libc::c_int) -> std::io::Result<()> {
     }
 }
 
+/// Sends SIGKILL to every process of session `sid` (found in /proc).
+///
+/// A shell with job control puts each job in a process group of its own, so
+/// killing the shell's group would leave `sleep 1000 &` behind; the session
+/// holds them all. Repeated a few times so a process forked while the first
+/// pass ran is caught too (a SIGKILLed process forks no more).
+pub fn kill_session(sid: i32) {
+    if sid <= 1 {
+        return;
+    }
+    for _ in 0..3 {
+        let members = session_members(sid);
+        if members.is_empty() {
+            return;
+        }
+        for pid in members {
+            // SAFETY: plain syscall; the pid was read from /proc just now.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Live (non-zombie) processes whose session id is `sid`.
+pub fn session_members(sid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name is in parentheses and may contain anything.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // state ppid pgrp session ...
+        if fields.len() > 3 && fields[0] != "Z" && fields[3] == sid.to_string() {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// Name of a signal for messages (`SIGKILL`), or its number.
 pub fn signal_name(sig: i32) -> String {
     let name = match sig {

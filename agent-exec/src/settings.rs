@@ -33,6 +33,9 @@ pub struct Settings {
     pub root_access_ceiling: RootProfile,
     /// Who the executor runs as (for the child environment).
     pub user: User,
+    /// First choice of terminal shell: `$SHELL` of the executor, else the
+    /// user's login shell (PROTOCOL.md §9.4).
+    pub login_shell: Option<String>,
 }
 
 impl Settings {

@@ -129,6 +129,11 @@ impl Registry {
         }
     }
 
+    /// Messages waiting in the queue for the current connection.
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
     /// Registers a new task. Returns its cancel receiver.
     pub fn insert(
         &self,
