@@ -6,6 +6,7 @@
 //! - [`task_registry`]: tasks, acknowledged output, replay;
 //! - [`task_runner`], [`process_runner`], [`process_group`], [`child_env`]:
 //!   turning a request into a supervised process;
+//! - [`process_ledger`]: processes on record, killed after a crash;
 //! - [`output_buffer`]: one task's unacknowledged output (memory, then spill file);
 //! - [`package_list`], [`package_search`], [`package_change`]: package tasks
 //!   and the root helper's argv;
@@ -20,6 +21,7 @@ pub mod package_change;
 pub mod package_list;
 pub mod package_search;
 pub mod process_group;
+pub mod process_ledger;
 pub mod process_runner;
 pub mod pty_session;
 pub mod settings;

@@ -12,9 +12,11 @@ use clap::Parser;
 use shared::api::RootProfile;
 use shared::build_info;
 use shared::config::Config;
+use shared::ipc::{Outcome, TaskExit};
 
 use agent_exec::ipc_server::{self, Endpoint};
 use agent_exec::output_buffer::Bounds;
+use agent_exec::process_ledger::{Kind, Ledger};
 use agent_exec::settings::Settings;
 use agent_exec::task_registry::Registry;
 use agent_exec::terminals::Terminals;
@@ -184,9 +186,15 @@ fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
     let listener = if let Some(l) = activated_listener()? {
         l
     } else if let Some(path) = &cli.listen {
-        let _ = std::fs::remove_file(path);
-        std::os::unix::net::UnixListener::bind(path)
-            .with_context(|| format!("could not listen on {}", path.display()))?
+        // Bound under a temporary name and renamed into place, so the path
+        // appears only once the socket listens (no ECONNREFUSED window).
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let listener = std::os::unix::net::UnixListener::bind(&tmp)
+            .with_context(|| format!("could not listen on {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("could not move the socket to {}", path.display()))?;
+        listener
     } else {
         bail!(
             "no IPC socket: start the executor through its systemd socket unit, or pass --ipc-fd FD or --listen PATH"
@@ -212,6 +220,19 @@ async fn shutdown(registry: &Registry, terminals: &Terminals, reason: &str, kill
     }
 }
 
+/// Spill files of a previous incarnation hold output nobody can ask for any
+/// more (its sequence state died with it).
+fn remove_stale_spill_files(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "spill") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Arc::new(settings(&cli)?);
     let spill_dir = settings.spill_dir();
@@ -221,6 +242,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             spill_dir.display()
         )
     })?;
+    // What a crashed predecessor left: kill it, and tell the network process.
+    let ledger = Ledger::new(&settings.state_dir);
+    let leftovers = ledger.reap_previous()?;
+    remove_stale_spill_files(&spill_dir);
+    let registry = Registry::with_ledger(ledger);
+    for left in &leftovers {
+        log::warn(&format!(
+            "killed {} process(es) {:?} left running by a previous executor for {} {}",
+            left.pids.len(),
+            left.pids,
+            match left.kind {
+                Kind::Task => "task",
+                Kind::Session | Kind::Process => "terminal",
+            },
+            left.id
+        ));
+        if left.kind == Kind::Task && shared::validate::uuid(&left.id).is_ok() {
+            registry.insert_ended(
+                TaskExit {
+                    task_id: left.id.clone(),
+                    last_seq: 0,
+                    outcome: Outcome::Failed,
+                    exit_code: -1,
+                    duration: Duration::ZERO,
+                    error: Some(format!(
+                        "executor exited while the task ran; the executor that started next killed its remaining processes {:?}",
+                        left.pids
+                    )),
+                    result_json: None,
+                    dropped_bytes: 0,
+                },
+                &spill_dir,
+                settings.output_bounds,
+            );
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -231,7 +288,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .context("could not install the SIGTERM handler")?;
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .context("could not install the SIGINT handler")?;
-        let registry = Registry::new();
         let terminals = Terminals::new();
         log::info(&format!(
             "started (version {}), serving tasks for uid(s) {:?}",

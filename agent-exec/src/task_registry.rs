@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use shared::ipc::{ExecMessage, Inventory, OutputStream, TaskExit, TaskOutput, TaskState};
 use tokio::sync::{Notify, mpsc};
 
+use crate::log;
 use crate::output_buffer::{Bounds, OutputBuffer};
+use crate::process_ledger::{Kind, Ledger};
 
 /// Bytes of output put into one batch for the writer (a few frames).
 const BATCH_BYTES: usize = 2 * 1024 * 1024;
@@ -72,14 +74,61 @@ pub enum RegistryError {
 pub struct Registry {
     state: Mutex<State>,
     wake: Notify,
+    /// On-disk record of running processes, for the next incarnation.
+    ledger: Option<Ledger>,
 }
 
 impl Registry {
+    /// A registry that keeps no on-disk record (tests).
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            ledger: None,
         })
+    }
+
+    /// A registry that records every started process in `ledger`.
+    pub fn with_ledger(ledger: Ledger) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            ledger: Some(ledger),
+        })
+    }
+
+    /// Records a started process (task or terminal) for crash recovery.
+    pub fn record_process(&self, kind: Kind, id: &str, pid: i32) {
+        if let Some(Err(e)) = self.ledger.as_ref().map(|l| l.add(kind, id, pid)) {
+            log::warn(&format!(
+                "{e}; if the executor crashes now, process {pid} of {id} is not cleaned up"
+            ));
+        }
+    }
+
+    /// Forgets a process record once the task or terminal has ended.
+    pub fn forget_process(&self, id: &str) {
+        if let Some(Err(e)) = self.ledger.as_ref().map(|l| l.remove(id)) {
+            log::warn(&e.to_string());
+        }
+    }
+
+    /// Adds a task that already ended (a leftover of a previous incarnation),
+    /// so the network process learns about it from the `Inventory`.
+    pub fn insert_ended(&self, exit: TaskExit, spill_dir: &std::path::Path, bounds: Bounds) {
+        let (tx, _) = mpsc::unbounded_channel();
+        let id = exit.task_id.clone();
+        self.lock().tasks.insert(
+            id.clone(),
+            Task {
+                buffer: OutputBuffer::new(spill_dir.join(format!("{id}.spill")), bounds),
+                exit: Some(exit),
+                pgid: None,
+                cancel: tx,
+                cursor: None,
+                exit_sent: false,
+            },
+        );
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -171,6 +220,7 @@ impl Registry {
         if let Some(t) = self.lock().tasks.get_mut(task_id) {
             t.pgid = Some(pgid);
         }
+        self.record_process(Kind::Task, task_id, pgid);
     }
 
     /// Process groups of running tasks (for shutdown).
@@ -195,6 +245,7 @@ impl Registry {
 
     /// Records a task's end. `last_seq` and `dropped_bytes` are filled in here.
     pub fn finish(&self, mut exit: TaskExit) {
+        self.forget_process(&exit.task_id);
         let mut s = self.lock();
         if let Some(t) = s.tasks.get_mut(&exit.task_id) {
             if t.buffer.dropped() > 0 {

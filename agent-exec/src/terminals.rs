@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::child_env::{self, DEFAULT_PATH};
 use crate::log;
+use crate::process_ledger::Kind;
 use crate::pty_session::{self, Control};
 use crate::settings::Settings;
 use crate::task_registry::Registry;
@@ -228,6 +229,11 @@ impl Terminals {
                 "terminal {session_id} runs in mode {mode:?}: no job control, Ctrl-C does not reach the foreground job"
             ));
         }
+        let kind = match mode {
+            PtyMode::ControllingTty => Kind::Session,
+            PtyMode::NoControllingTty | PtyMode::Minimal => Kind::Process,
+        };
+        registry.record_process(kind, &session_id, spawned.pid);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let seq = Arc::new(AtomicU64::new(0));
         self.sessions.lock().expect("terminals lock").insert(
