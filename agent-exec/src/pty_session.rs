@@ -17,7 +17,9 @@
 //! in `TerminalOpened`.
 //!
 //! Output is flushed every 25 ms or as soon as 1 KiB is pending, in events
-//! of at most [`MAX_EVENT_BYTES`] (65 536 base64 characters). Stopping kills
+//! of at most [`MAX_EVENT_BYTES`] (65 536 base64 characters); after 25 ms
+//! without an event the first bytes go out at once, so an echo is not
+//! delayed by the timer. Stopping kills
 //! the whole session (every job), and `TerminalExited` always carries an
 //! exit code.
 
@@ -247,6 +249,9 @@ pub async fn serve(
     };
     let mut input: VecDeque<u8> = VecDeque::new();
     let mut flush_at: Option<Instant> = None;
+    let mut last_flush = Instant::now()
+        .checked_sub(FLUSH_INTERVAL)
+        .unwrap_or_else(Instant::now);
     let mut status: Option<io::Result<std::process::ExitStatus>> = None;
     let mut drain_until: Option<Instant> = None;
     let mut eof = false;
@@ -310,6 +315,7 @@ pub async fn serve(
             }
             _ = tokio::time::sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() => {
                 out.flush();
+                last_flush = Instant::now();
                 flush_at = None;
             }
             _ = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() && !eof => {
@@ -318,9 +324,20 @@ pub async fn serve(
         }
         if out.pending.len() >= FLUSH_BYTES {
             out.flush();
+            last_flush = Instant::now();
             flush_at = None;
         } else if !out.pending.is_empty() && flush_at.is_none() {
-            flush_at = Some(Instant::now() + FLUSH_INTERVAL);
+            // Leading edge: after a quiet period the first bytes (a typed
+            // character's echo) go out at once; within 25 ms of the last
+            // event they wait, so a stream of small writes still becomes
+            // at most one event per 25 ms.
+            let due = last_flush + FLUSH_INTERVAL;
+            if Instant::now() >= due {
+                out.flush();
+                last_flush = Instant::now();
+            } else {
+                flush_at = Some(due);
+            }
         }
     }
     out.flush();
