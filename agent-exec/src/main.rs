@@ -243,10 +243,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )
     })?;
     // What a crashed predecessor left: kill it, and tell the network process.
-    let ledger = Ledger::new(&settings.state_dir);
+    let ledger = Arc::new(Ledger::new(&settings.state_dir));
     let leftovers = ledger.reap_previous()?;
     remove_stale_spill_files(&spill_dir);
-    let registry = Registry::with_ledger(ledger);
+    let registry = Registry::with_ledger(ledger.clone());
     for left in &leftovers {
         log::warn(&format!(
             "killed {} process(es) {:?} left running by a previous executor for {} {}",
@@ -295,12 +295,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             settings.allowed_uids
         ));
         let reason = tokio::select! {
+            () = ledger.run_writer() => "process ledger writer stopped",
             () = ipc_server::serve(endpoint, registry.clone(), terminals.clone(), settings.clone()) => "executor's IPC peer is gone",
             _ = sigterm.recv() => "executor is shutting down (SIGTERM)",
             _ = sigint.recv() => "executor is shutting down (SIGINT)",
         };
         log::info(&format!("{reason}; stopping running tasks"));
         shutdown(&registry, &terminals, reason, settings.kill_grace).await;
+        // Everything was stopped: an empty record, so the next start has
+        // nothing to kill.
+        if let Err(e) = ledger.flush() {
+            log::warn(&e.to_string());
+        }
         anyhow::Ok(())
     })
 }

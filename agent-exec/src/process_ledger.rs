@@ -5,9 +5,11 @@
 //! The file `<state_dir>/processes` has one line per running task or
 //! terminal: `<kind> <id> <pid> <start time>`; the start time (clock ticks
 //! since boot, `/proc/<pid>/stat` field 22) tells a recorded process from a
-//! later one that got the same pid. It is rewritten with a rename after each
-//! change and never fsynced: it guards against the executor dying, not the
-//! machine — a reboot ends every process anyway.
+//! later one that got the same pid. Changes are made in memory and written
+//! by [`Ledger::run_writer`] right after (coalesced, with a rename, never
+//! fsynced: it guards against the executor dying, not the machine — a reboot
+//! ends every process anyway), so recording a process never delays
+//! reporting that it started.
 //!
 //! Every task and every `pty+ctty` terminal leads a session of its own
 //! (setsid), so its leftovers are exactly the processes of that session.
@@ -76,6 +78,7 @@ pub struct LedgerError {
 pub struct Ledger {
     path: PathBuf,
     entries: Mutex<BTreeMap<String, Entry>>,
+    dirty: tokio::sync::Notify,
 }
 
 /// Start time of `pid` in clock ticks since boot, if it exists.
@@ -92,6 +95,7 @@ impl Ledger {
         Self {
             path: state_dir.join("processes"),
             entries: Mutex::new(BTreeMap::new()),
+            dirty: tokio::sync::Notify::new(),
         }
     }
 
@@ -110,9 +114,8 @@ impl Ledger {
     }
 
     /// Records a started process under `id` (a task or session id).
-    pub fn add(&self, kind: Kind, id: &str, pid: i32) -> Result<(), LedgerError> {
-        let mut entries = self.entries.lock().expect("ledger lock");
-        entries.insert(
+    pub fn add(&self, kind: Kind, id: &str, pid: i32) {
+        self.entries.lock().expect("ledger lock").insert(
             id.to_owned(),
             Entry {
                 kind,
@@ -120,16 +123,37 @@ impl Ledger {
                 start: start_time(pid).unwrap_or(0),
             },
         );
-        self.save(&entries)
+        self.dirty.notify_one();
     }
 
     /// Forgets `id` once its processes have ended.
-    pub fn remove(&self, id: &str) -> Result<(), LedgerError> {
-        let mut entries = self.entries.lock().expect("ledger lock");
-        if entries.remove(id).is_some() {
-            self.save(&entries)
-        } else {
-            Ok(())
+    pub fn remove(&self, id: &str) {
+        if self
+            .entries
+            .lock()
+            .expect("ledger lock")
+            .remove(id)
+            .is_some()
+        {
+            self.dirty.notify_one();
+        }
+    }
+
+    /// Writes the current record to disk.
+    pub fn flush(&self) -> Result<(), LedgerError> {
+        let entries = self.entries.lock().expect("ledger lock").clone();
+        self.save(&entries)
+    }
+
+    /// Writes the record after every change, forever.
+    pub async fn run_writer(&self) {
+        loop {
+            self.dirty.notified().await;
+            if let Err(e) = self.flush() {
+                crate::log::warn(&format!(
+                    "{e}; processes started now are not cleaned up should the executor crash"
+                ));
+            }
         }
     }
 
@@ -207,11 +231,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::new(dir.path());
         let me = std::process::id() as i32;
-        ledger.add(Kind::Process, "a", me).unwrap();
-        ledger.add(Kind::Task, "b", 999_999_999).unwrap();
+        ledger.add(Kind::Process, "a", me);
+        ledger.add(Kind::Task, "b", 999_999_999);
+        ledger.flush().unwrap();
         let text = std::fs::read_to_string(dir.path().join("processes")).unwrap();
         assert!(text.contains(&format!("process a {me} {}\n", start_time(me).unwrap())));
-        ledger.remove("b").unwrap();
+        ledger.remove("b");
+        ledger.flush().unwrap();
         assert!(
             !std::fs::read_to_string(dir.path().join("processes"))
                 .unwrap()

@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use shared::ipc::{ExecMessage, Inventory, OutputStream, TaskExit, TaskOutput, TaskState};
 use tokio::sync::{Notify, mpsc};
 
-use crate::log;
 use crate::output_buffer::{Bounds, OutputBuffer};
 use crate::process_ledger::{Kind, Ledger};
 
@@ -75,7 +74,7 @@ pub struct Registry {
     state: Mutex<State>,
     wake: Notify,
     /// On-disk record of running processes, for the next incarnation.
-    ledger: Option<Ledger>,
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl Registry {
@@ -89,7 +88,7 @@ impl Registry {
     }
 
     /// A registry that records every started process in `ledger`.
-    pub fn with_ledger(ledger: Ledger) -> Arc<Self> {
+    pub fn with_ledger(ledger: Arc<Ledger>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
@@ -99,17 +98,15 @@ impl Registry {
 
     /// Records a started process (task or terminal) for crash recovery.
     pub fn record_process(&self, kind: Kind, id: &str, pid: i32) {
-        if let Some(Err(e)) = self.ledger.as_ref().map(|l| l.add(kind, id, pid)) {
-            log::warn(&format!(
-                "{e}; if the executor crashes now, process {pid} of {id} is not cleaned up"
-            ));
+        if let Some(l) = &self.ledger {
+            l.add(kind, id, pid);
         }
     }
 
     /// Forgets a process record once the task or terminal has ended.
     pub fn forget_process(&self, id: &str) {
-        if let Some(Err(e)) = self.ledger.as_ref().map(|l| l.remove(id)) {
-            log::warn(&e.to_string());
+        if let Some(l) = &self.ledger {
+            l.remove(id);
         }
     }
 

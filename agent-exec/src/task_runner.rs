@@ -106,11 +106,13 @@ async fn run(
         kill_grace: settings.kill_grace,
     };
     let mut finished = process_runner::run(plan.launch, limits, sink.clone(), &mut cancel, |pid| {
-        registry.set_pgid(task_id, pid as i32);
         registry.send(ExecMessage::TaskStarted {
             task_id: task_id.to_owned(),
             pid,
         });
+        // After the message: the on-disk record is for crash recovery and
+        // need not delay the report.
+        registry.set_pgid(task_id, pid as i32);
     })
     .await;
     let result_json = (plan.finish)(&mut finished, &sink);
