@@ -72,6 +72,25 @@ impl User {
     }
 }
 
+/// The uid of user `name` from the password database.
+pub fn uid_of(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: every pointer refers to live, correctly sized storage.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
+}
+
 /// The base environment for a child run with `shell`, then `overrides`.
 pub fn build(user: &User, shell: &str, overrides: &[(String, String)]) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![
@@ -119,6 +138,12 @@ mod tests {
         assert_eq!(get("PAGER"), Some("less"));
         assert_eq!(get("FOO"), Some("1"));
         assert_eq!(env.len(), 9);
+    }
+
+    #[test]
+    fn users_resolve_to_their_uid() {
+        assert_eq!(uid_of("root"), Some(0));
+        assert_eq!(uid_of("no-such-user-here"), None);
     }
 
     #[test]

@@ -286,6 +286,11 @@ fn handle(
             }
         }
         NetMessage::CancelTask { task_id, reason } => {
+            let reason = if reason.trim().is_empty() {
+                "task cancelled by control request".to_owned()
+            } else {
+                reason
+            };
             if let Err(e) = registry.cancel(&task_id, reason) {
                 refuse(registry, &format!("CancelTask {task_id}"), e.to_string());
             }

@@ -2,6 +2,7 @@
 //! work is done by the library modules (see `agent_exec`).
 
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -42,9 +43,13 @@ struct Cli {
     /// comes from socket activation, LISTEN_FDS).
     #[arg(long, value_name = "PATH")]
     listen: Option<PathBuf>,
-    /// uid allowed to connect; repeat for several. Default: the executor's own uid.
+    /// uid allowed to connect; repeat for several. Default (without
+    /// --peer-user either): the executor's own uid.
     #[arg(long = "peer-uid", value_name = "UID")]
     peer_uids: Vec<u32>,
+    /// User allowed to connect (e.g. noderax-net); repeat for several.
+    #[arg(long = "peer-user", value_name = "NAME")]
+    peer_users: Vec<String>,
     /// Directory for spill files of unacknowledged output.
     #[arg(
         long,
@@ -103,12 +108,17 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
     let user = child_env::User::current();
     // SAFETY: getuid cannot fail.
     let own_uid = unsafe { libc::getuid() };
+    let mut allowed_uids = cli.peer_uids.clone();
+    for name in &cli.peer_users {
+        allowed_uids.push(child_env::uid_of(name).with_context(|| {
+            format!("--peer-user {name:?}: no such user; create it or pass --peer-uid")
+        })?);
+    }
+    if allowed_uids.is_empty() {
+        allowed_uids.push(own_uid);
+    }
     Ok(Settings {
-        allowed_uids: if cli.peer_uids.is_empty() {
-            vec![own_uid]
-        } else {
-            cli.peer_uids.clone()
-        },
+        allowed_uids,
         state_dir: cli.state_dir.clone(),
         kill_grace,
         max_tasks,
@@ -236,12 +246,17 @@ fn remove_stale_spill_files(dir: &std::path::Path) {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Arc::new(settings(&cli)?);
     let spill_dir = settings.spill_dir();
-    std::fs::create_dir_all(&spill_dir).with_context(|| {
-        format!(
-            "could not create the spill directory {}; create it owned by the executor's user or pass --state-dir",
-            spill_dir.display()
-        )
-    })?;
+    // Task output and the process record are for the executor alone.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&spill_dir)
+        .with_context(|| {
+            format!(
+                "could not create the spill directory {}; create it owned by the executor's user or pass --state-dir",
+                spill_dir.display()
+            )
+        })?;
     // What a crashed predecessor left: kill it, and tell the network process.
     let ledger = Arc::new(Ledger::new(&settings.state_dir));
     let leftovers = ledger.reap_previous()?;

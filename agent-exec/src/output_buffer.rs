@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use shared::ipc::OutputStream;
@@ -166,11 +166,13 @@ impl OutputBuffer {
 
     fn spill_write(&mut self, bytes: &[u8]) -> io::Result<u64> {
         if self.spill.is_none() {
+            // Task output may be sensitive: readable by the executor only.
             let file = OpenOptions::new()
                 .create(true)
                 .truncate(true)
                 .read(true)
                 .write(true)
+                .mode(0o600)
                 .open(&self.spill_path)?;
             self.spill = Some(file);
         }

@@ -280,3 +280,51 @@ fn a_new_peer_takes_over_from_a_stale_connection() {
         assert!(!matches!(msg, ExecMessage::TaskExited(_)), "{msg:?}");
     }
 }
+
+#[test]
+fn only_the_configured_peer_user_is_served() {
+    // Only `nobody` may connect; this test's own uid is refused.
+    let exec = Exec::start(&["--peer-user", "nobody"]);
+    let mut s = std::os::unix::net::UnixStream::connect(&exec.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    shared::ipc::write_message(&mut s, &NetMessage::Hello(shared::ipc::Hello::current())).unwrap();
+    let answer = shared::ipc::read_message::<_, ExecMessage>(&mut s);
+    assert!(
+        matches!(answer, Ok(None) | Err(_)),
+        "a refused peer gets no answer: {answer:?}"
+    );
+    assert!(exec.log().contains("refused IPC peer"), "{}", exec.log());
+}
+
+#[test]
+fn garbage_and_an_incompatible_hello_close_only_that_connection() {
+    use std::io::Write;
+    let exec = Exec::start(&[]);
+    // A frame that does not decode.
+    let mut s = std::os::unix::net::UnixStream::connect(&exec.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .unwrap();
+    let hello = shared::ipc::read_message::<_, ExecMessage>(&mut s).unwrap();
+    assert!(matches!(hello, Some(ExecMessage::Hello(_))));
+    assert!(matches!(
+        shared::ipc::read_message::<_, ExecMessage>(&mut s),
+        Ok(None) | Err(_)
+    ));
+    // A peer of another protocol major version.
+    let mut s = std::os::unix::net::UnixStream::connect(&exec.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut other = shared::ipc::Hello::current();
+    other.protocol_major += 1;
+    shared::ipc::write_message(&mut s, &NetMessage::Hello(other)).unwrap();
+    let _ = shared::ipc::read_message::<_, ExecMessage>(&mut s);
+    assert!(matches!(
+        shared::ipc::read_message::<_, ExecMessage>(&mut s),
+        Ok(None) | Err(_)
+    ));
+    assert!(exec.log().contains("speaks IPC protocol"), "{}", exec.log());
+    // The executor still serves a proper peer.
+    let mut c = exec.connect();
+    c.run(&task_id(8), shell("echo still here"), MINUTE);
+    assert_eq!(c.collect(&task_id(8)).stdout, b"still here\n");
+}
