@@ -162,3 +162,33 @@ fn when_the_socketpair_peer_goes_away_the_executor_stops_its_tasks_and_exits() {
     assert!(status.success(), "{status:?}");
     assert_eq!(group_members(pid), Vec::<u32>::new());
 }
+
+#[test]
+fn sigterm_to_the_executor_stops_its_tasks_and_leaves_an_empty_record() {
+    let mut exec = Exec::start(&["--kill-grace", "1s"]);
+    let mut c = exec.connect();
+    c.run(&task_id(6), shell("sleep 1000 & sleep 1000"), MINUTE);
+    let pid = wait_started(&mut c, &task_id(6));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(group_members(pid).len() >= 2);
+    let record = exec.dir.path().join("state/processes");
+    assert!(
+        std::fs::read_to_string(&record)
+            .unwrap()
+            .contains(&format!("task {} {pid} ", task_id(6))),
+        "a running task is on record"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(exec.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = exec.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "executor did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert_eq!(group_members(pid), Vec::<u32>::new());
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), "");
+}
