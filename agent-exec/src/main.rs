@@ -154,11 +154,25 @@ fn activated_listener() -> anyhow::Result<Option<std::os::unix::net::UnixListene
             "systemd passed {n} sockets (LISTEN_FDS); the executor's socket unit must define exactly one"
         );
     }
-    // SAFETY: systemd hands over fd 3 to this process (LISTEN_PID matched);
-    // nothing else in the process owns it.
+    check_open(SD_LISTEN_FDS_START, "LISTEN_FDS")?;
+    // SAFETY: systemd hands over fd 3 to this process (LISTEN_PID matched),
+    // it is open (checked), and nothing else in the process owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
     set_cloexec(&fd)?;
     Ok(Some(std::os::unix::net::UnixListener::from(fd)))
+}
+
+/// Refuses to take ownership of an fd that is not open: owning a closed
+/// number would later close some unrelated file that reused it.
+fn check_open(fd: i32, from: &str) -> anyhow::Result<()> {
+    // SAFETY: F_GETFD only queries the descriptor.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        bail!(
+            "{from} names fd {fd}, but it is not open in this process: {}; the starter must pass the socket without close-on-exec",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 fn set_cloexec(fd: &OwnedFd) -> anyhow::Result<()> {
@@ -175,23 +189,29 @@ fn set_cloexec(fd: &OwnedFd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
+/// The socket before the event loop exists.
+enum StdEndpoint {
+    Listener(std::os::unix::net::UnixListener),
+    Connected(std::os::unix::net::UnixStream),
+}
+
+/// Finds the socket first, so a mistaken start changes nothing on disk.
+fn std_endpoint(cli: &Cli) -> anyhow::Result<StdEndpoint> {
     if let Some(fd) = cli.ipc_fd {
         if fd < 3 {
             bail!(
                 "--ipc-fd {fd} is stdin/stdout/stderr; pass the socketpair end on fd 3 or higher"
             );
         }
-        // SAFETY: the parent passed this fd to us for exactly this purpose.
+        check_open(fd, "--ipc-fd")?;
+        // SAFETY: the parent passed this open fd to us for exactly this purpose.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         set_cloexec(&owned)?;
         let std_stream = std::os::unix::net::UnixStream::from(owned);
         std_stream
             .set_nonblocking(true)
             .with_context(|| format!("--ipc-fd {fd} is not a usable socket"))?;
-        let stream = tokio::net::UnixStream::from_std(std_stream)
-            .with_context(|| format!("--ipc-fd {fd} is not a Unix stream socket"))?;
-        return Ok(Endpoint::Connected(stream));
+        return Ok(StdEndpoint::Connected(std_stream));
     }
     let listener = if let Some(l) = activated_listener()? {
         l
@@ -211,9 +231,19 @@ fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
         );
     };
     listener.set_nonblocking(true)?;
-    Ok(Endpoint::Listener(tokio::net::UnixListener::from_std(
-        listener,
-    )?))
+    Ok(StdEndpoint::Listener(listener))
+}
+
+/// Hands the socket to the event loop (must run inside it).
+fn endpoint(std: StdEndpoint) -> anyhow::Result<Endpoint> {
+    Ok(match std {
+        StdEndpoint::Listener(l) => Endpoint::Listener(
+            tokio::net::UnixListener::from_std(l).context("the IPC listener is not usable")?,
+        ),
+        StdEndpoint::Connected(s) => Endpoint::Connected(
+            tokio::net::UnixStream::from_std(s).context("--ipc-fd is not a Unix stream socket")?,
+        ),
+    })
 }
 
 async fn shutdown(registry: &Registry, terminals: &Terminals, reason: &str, kill_grace: Duration) {
@@ -245,6 +275,7 @@ fn remove_stale_spill_files(dir: &std::path::Path) {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Arc::new(settings(&cli)?);
+    let std_endpoint = std_endpoint(&cli)?;
     let spill_dir = settings.spill_dir();
     // Task output and the process record are for the executor alone.
     std::fs::DirBuilder::new()
@@ -298,7 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("could not start the event loop")?;
     runtime.block_on(async {
-        let endpoint = endpoint(&cli)?;
+        let endpoint = endpoint(std_endpoint)?;
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("could not install the SIGTERM handler")?;
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())

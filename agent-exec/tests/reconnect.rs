@@ -328,3 +328,44 @@ fn garbage_and_an_incompatible_hello_close_only_that_connection() {
     c.run(&task_id(8), shell("echo still here"), MINUTE);
     assert_eq!(c.collect(&task_id(8)).stdout, b"still here\n");
 }
+
+#[test]
+fn a_socket_activated_listener_is_served() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("activated.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fd = listener.as_raw_fd();
+    // systemd's contract: the socket on fd 3, LISTEN_FDS=1 and LISTEN_PID
+    // naming the executor itself (the shell execs into it, keeping its pid).
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --state-dir \"$1\"")
+        .arg(common::BIN)
+        .arg(dir.path().join("state"))
+        .stderr(std::process::Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it runs in the child only.
+    // When the listener already is fd 3, dup2 would be a no-op that keeps
+    // close-on-exec; clear the flag instead.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(listener);
+    let mut c = common::Client::connect(&path);
+    c.run(&task_id(9), shell("echo activated"), MINUTE);
+    assert_eq!(c.collect(&task_id(9)).stdout, b"activated\n");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -138,7 +138,13 @@ fn when_the_socketpair_peer_goes_away_the_executor_stops_its_tasks_and_exits() {
     // close-on-exec) in the child only.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) == -1 {
+            // dup2 onto itself would keep close-on-exec: clear it instead.
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
