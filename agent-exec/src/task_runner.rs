@@ -29,11 +29,11 @@ type ResultOf = Box<dyn FnOnce(&mut Finished, &Sink) -> Option<String> + Send>;
 /// for its other fields.
 pub const MAX_RESULT_JSON: usize = shared::ipc::MAX_FRAME_LEN - 64 * 1024;
 
-/// What a task spec turned into: a process to run (and how to read its
-/// result), or a failure before anything ran.
-pub struct Plan {
-    pub launch: Launch,
-    pub finish: ResultOf,
+/// What a valid task spec turned into: the process to run and how to read
+/// its result.
+struct Plan {
+    launch: Launch,
+    finish: ResultOf,
 }
 
 /// Registers and starts a task. `Err` means the request itself was refused
@@ -115,7 +115,17 @@ async fn run(
         registry.set_pgid(task_id, pid as i32);
     })
     .await;
-    let result_json = (plan.finish)(&mut finished, &sink);
+    let mut result_json = (plan.finish)(&mut finished, &sink);
+    if let Some(json) = result_json.take_if(|j| j.len() > MAX_RESULT_JSON) {
+        // It could never be sent: the exit must fit in one IPC frame.
+        fail(
+            &mut finished,
+            format!(
+                "the task's result is {} bytes, more than the {MAX_RESULT_JSON}-byte limit",
+                json.len()
+            ),
+        );
+    }
     TaskExit {
         task_id: task_id.to_owned(),
         last_seq: 0,
