@@ -77,8 +77,7 @@ fn leftovers_of_a_crashed_executor_are_killed_and_reported() {
             text.push_str(&String::from_utf8_lossy(&bytes));
         }
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let task_procs = group_members(task_pid);
+    let task_procs = common::wait_members(task_pid, 2);
     assert!(task_procs.len() >= 2);
 
     // The executor dies without a chance to clean up.

@@ -29,9 +29,8 @@ fn timeout_kills_the_whole_group_including_background_grandchildren() {
         Duration::from_millis(500),
     );
     let pid = wait_started(&mut c, &task_id(1));
-    std::thread::sleep(Duration::from_millis(200));
     assert!(
-        group_members(pid).len() >= 2,
+        common::wait_members(pid, 2).len() >= 2,
         "the shell and its background sleep run in the task's group"
     );
     let got = c.collect(&task_id(1));
@@ -55,8 +54,7 @@ fn cancel_kills_the_whole_group_and_reports_the_reason() {
     let mut c = exec.connect();
     c.run(&task_id(2), shell("sleep 1000 & sleep 1000 & wait"), MINUTE);
     let pid = wait_started(&mut c, &task_id(2));
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(group_members(pid).len() >= 3);
+    assert!(common::wait_members(pid, 3).len() >= 3);
     c.send(&NetMessage::CancelTask {
         task_id: task_id(2),
         reason: "operator cancelled".into(),
@@ -175,8 +173,7 @@ fn sigterm_to_the_executor_stops_its_tasks_and_leaves_an_empty_record() {
     let mut c = exec.connect();
     c.run(&task_id(6), shell("sleep 1000 & sleep 1000"), MINUTE);
     let pid = wait_started(&mut c, &task_id(6));
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(group_members(pid).len() >= 2);
+    assert!(common::wait_members(pid, 2).len() >= 2);
     let record = exec.dir.path().join("state/processes");
     assert!(
         std::fs::read_to_string(&record)

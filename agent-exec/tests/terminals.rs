@@ -303,3 +303,40 @@ fn five_hundred_sessions_open_and_close_while_tasks_run() {
         .collect();
     assert!(children.is_empty(), "leftover children: {children:?}");
 }
+
+#[test]
+fn large_terminal_output_is_complete_and_split_into_protocol_sized_events() {
+    use shared::ipc::MAX_OUTPUT_CHUNK;
+    let exec = Exec::start_with(&[], |cmd| {
+        cmd.env("SHELL", "/bin/sh");
+    });
+    let mut c = exec.connect();
+    open(&mut c, SID, 80, 24);
+    wait_opened(&mut c, SID);
+    // 300 000 'Q' (written as octal so the echoed command line has none)
+    // without newlines, then a marker computed by the shell.
+    input(
+        &mut c,
+        SID,
+        b"head -c 300000 /dev/zero | tr '\\0' '\\121'; echo; echo end-$((6*7))\n",
+    );
+    let mut a_count = 0usize;
+    let mut largest = 0usize;
+    let mut text_tail = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text_tail.contains("end-42") {
+        assert!(Instant::now() < deadline);
+        if let ExecMessage::TerminalOutput { bytes, .. } = c.recv() {
+            largest = largest.max(bytes.len());
+            a_count += bytes.iter().filter(|b| **b == b'Q').count();
+            text_tail.push_str(&String::from_utf8_lossy(&bytes));
+            if text_tail.len() > 200 {
+                text_tail = text_tail[text_tail.len() - 100..].to_owned();
+            }
+        }
+    }
+    assert_eq!(a_count, 300_000);
+    // Each event stays within the 65 536 base64 characters of terminal.output.
+    assert!(largest <= 49_152, "{largest}");
+    assert!(largest < MAX_OUTPUT_CHUNK);
+}

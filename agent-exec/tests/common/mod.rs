@@ -258,6 +258,19 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
     out
 }
 
+/// Waits (up to 10 s) until group `pgid` has at least `n` processes, so a
+/// loaded machine that is slow to fork does not fail a test; returns them.
+pub fn wait_members(pgid: u32, n: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let members = group_members(pgid);
+        if members.len() >= n || Instant::now() > deadline {
+            return members;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// FNV-1a, enough to compare large outputs in assertion messages.
 pub fn checksum(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
