@@ -49,6 +49,9 @@ pub const MAX_EVENT_BYTES: usize = 65_536 / 4 * 3;
 /// Messages waiting for the peer beyond which the PTY is not read, so a
 /// chatty shell waits instead of filling the executor's memory.
 const MAX_QUEUED_MESSAGES: usize = 512;
+/// Typed input waiting for the shell beyond which the session is failed:
+/// a shell that reads nothing must not make the executor hold unbounded input.
+const MAX_PENDING_INPUT: usize = 1024 * 1024;
 /// After the shell exits, how long output of processes still holding the
 /// terminal is read before the session is closed.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
@@ -193,6 +196,23 @@ pub fn kill(mode: PtyMode, pid: i32) {
     }
 }
 
+/// Reports an error for a running session and kills it (§13 item 44).
+fn fail_session(
+    registry: &Registry,
+    session_id: &str,
+    stop_reason: &mut Option<String>,
+    mode: PtyMode,
+    pid: i32,
+    message: String,
+) {
+    registry.send(ExecMessage::TerminalError {
+        session_id: session_id.to_owned(),
+        message: message.clone(),
+    });
+    stop_reason.get_or_insert(message);
+    kill(mode, pid);
+}
+
 struct Output<'a> {
     registry: &'a Registry,
     session_id: &'a str,
@@ -297,9 +317,19 @@ pub async fn serve(
                 }
             }
             msg = control.recv(), if controls_open => match msg {
+                Some(Control::Input(bytes)) if input.len() + bytes.len() > MAX_PENDING_INPUT => {
+                    fail_session(registry, session_id, &mut stop_reason, mode, pid, format!(
+                        "terminal input is not being read: more than {MAX_PENDING_INPUT} bytes are waiting"
+                    ));
+                    input.clear();
+                }
                 Some(Control::Input(bytes)) => input.extend(bytes),
                 Some(Control::Resize { cols, rows }) => {
-                    let _ = resize(master.get_ref(), cols, rows);
+                    if let Err(e) = resize(master.get_ref(), cols, rows) {
+                        fail_session(registry, session_id, &mut stop_reason, mode, pid, format!(
+                            "terminal resize to {cols}x{rows} failed: {e}"
+                        ));
+                    }
                 }
                 Some(Control::Stop(reason)) => {
                     stop_reason.get_or_insert_with(|| reason.unwrap_or_else(|| "terminal session stopped".into()));

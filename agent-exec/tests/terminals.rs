@@ -340,3 +340,32 @@ fn large_terminal_output_is_complete_and_split_into_protocol_sized_events() {
     assert!(largest <= 49_152, "{largest}");
     assert!(largest < MAX_OUTPUT_CHUNK);
 }
+
+#[test]
+fn input_nobody_reads_fails_the_session_instead_of_piling_up() {
+    let exec = Exec::start_with(&[], |cmd| {
+        cmd.env("SHELL", "/bin/sh");
+    });
+    let mut c = exec.connect();
+    open(&mut c, SID, 80, 24);
+    wait_opened(&mut c, SID);
+    run_line(&mut c, SID, "stty -echo; sleep 100; echo x-$((1))", "stty");
+    // 2 MiB typed while `sleep` reads nothing: the terminal takes a few KiB.
+    for _ in 0..64 {
+        input(&mut c, SID, &[b'z'; 32 * 1024]);
+    }
+    let message = loop {
+        if let ExecMessage::TerminalError {
+            session_id,
+            message,
+        } = c.recv()
+            && session_id == SID
+        {
+            break message;
+        }
+    };
+    assert!(message.contains("not being read"), "{message}");
+    let (code, reason) = wait_exited(&mut c, SID);
+    assert_eq!(code, -1);
+    assert!(reason.unwrap().contains("not being read"));
+}
