@@ -196,6 +196,23 @@ pub fn kill(mode: PtyMode, pid: i32) {
     }
 }
 
+/// Writes queued input until the terminal would block; what is left waits
+/// for the master to become writable.
+fn write_pending(master: &OwnedFd, input: &mut VecDeque<u8>) {
+    while !input.is_empty() {
+        let (front, _) = input.as_slices();
+        // SAFETY: writing from a live slice of the given length.
+        let n = unsafe { libc::write(master.as_raw_fd(), front.as_ptr().cast(), front.len()) };
+        if n > 0 {
+            input.drain(..n as usize);
+        } else {
+            // Would block (the writable arm takes over) or the terminal is
+            // gone (the exit follows); either way stop here.
+            return;
+        }
+    }
+}
+
 /// Reports an error for a running session and kills it (§13 item 44).
 fn fail_session(
     registry: &Registry,
@@ -323,7 +340,12 @@ pub async fn serve(
                     ));
                     input.clear();
                 }
-                Some(Control::Input(bytes)) => input.extend(bytes),
+                Some(Control::Input(bytes)) => {
+                    input.extend(bytes);
+                    // Write now rather than on the next turn of the loop: a
+                    // typed key's echo is on the critical path.
+                    write_pending(master.get_ref(), &mut input);
+                }
                 Some(Control::Resize { cols, rows }) => {
                     if let Err(e) = resize(master.get_ref(), cols, rows) {
                         fail_session(registry, session_id, &mut stop_reason, mode, pid, format!(
