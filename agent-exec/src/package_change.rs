@@ -36,6 +36,9 @@ pub fn check_operational(ceiling: RootProfile) -> Result<(), String> {
     }
 }
 
+/// Most names in one operation; the root helper refuses more.
+pub const MAX_NAMES: usize = 64;
+
 /// Validated, de-duplicated names in their original order.
 pub fn checked_names(names: &[String]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
@@ -49,6 +52,12 @@ pub fn checked_names(names: &[String]) -> Result<Vec<String>, String> {
         return Err(
             "invalid task payload: a package operation needs at least one package name".into(),
         );
+    }
+    if out.len() > MAX_NAMES {
+        return Err(format!(
+            "invalid task payload: {} package names in one operation, at most {MAX_NAMES} are allowed; split it",
+            out.len()
+        ));
     }
     Ok(out)
 }
@@ -66,23 +75,19 @@ pub fn apt_args(helper: &Path, op: PackageOp, names: &[String]) -> Vec<String> {
     args
 }
 
-/// `sudo` arguments for handing a verified release to the helper.
-pub fn update_args(helper: &Path, version: &str, rollback: bool) -> Vec<String> {
-    let mut args = vec![
+/// `sudo` arguments for handing a verified release to the helper. A
+/// rollback rollout names the version to return to, so it is installed like
+/// any other (`update apply --version V`); the helper's own `update rollback`
+/// restores whatever ran before, which need not be the version asked for.
+pub fn update_args(helper: &Path, version: &str) -> Vec<String> {
+    vec![
         "-n".to_owned(),
         helper.display().to_string(),
         "update".to_owned(),
-    ];
-    if rollback {
-        args.push("rollback".to_owned());
-    } else {
-        args.extend([
-            "apply".to_owned(),
-            "--version".to_owned(),
-            version.to_owned(),
-        ]);
-    }
-    args
+        "apply".to_owned(),
+        "--version".to_owned(),
+        version.to_owned(),
+    ]
 }
 
 /// The error of a failed helper run: what failed, how, and the helper's own
@@ -137,6 +142,9 @@ mod tests {
             );
         }
         assert!(checked_names(&[]).unwrap_err().contains("at least one"));
+        let many: Vec<String> = (0..65).map(|i| format!("pkg{i}")).collect();
+        assert!(checked_names(&many).unwrap_err().contains("at most 64"));
+        assert_eq!(checked_names(&many[..64]).unwrap().len(), 64);
     }
 
     #[test]
@@ -159,12 +167,8 @@ mod tests {
             ]
         );
         assert_eq!(
-            update_args(Path::new("/h"), "1.0.3", false),
+            update_args(Path::new("/h"), "1.0.3"),
             ["-n", "/h", "update", "apply", "--version", "1.0.3"]
-        );
-        assert_eq!(
-            update_args(Path::new("/h"), "1.0.3", true),
-            ["-n", "/h", "update", "rollback"]
         );
     }
 

@@ -332,7 +332,7 @@ fn plan(settings: &Settings, spec: TaskSpec) -> Result<Plan, String> {
                 .map_err(|e| format!("invalid task payload: {e}"))?;
             shared::validate::uuid(&target_id)
                 .map_err(|e| format!("invalid task payload: targetId: {e}"))?;
-            let args = package_change::update_args(&settings.helper, &version, rollback);
+            let args = package_change::update_args(&settings.helper, &version);
             let on_failure = helper_failure("agent update hand-off to the root helper");
             Ok(Plan {
                 launch: helper_launch(settings, args),
