@@ -248,6 +248,10 @@ fn a_full_output_chunk_fits_in_a_frame() {
     });
     let frame = codec::encode(&msg).unwrap();
     assert!(frame.len() <= MAX_FRAME_LEN + 4);
+    // Bytes travel as they are: one length, then the raw bytes (not three
+    // bytes per value from 251 up, as a plain sequence of u8 would).
+    assert!(frame.len() < MAX_OUTPUT_CHUNK + 64, "{}", frame.len());
+    assert_eq!(codec::decode::<ExecMessage>(&frame[4..]).unwrap(), msg);
 }
 
 #[test]
