@@ -47,6 +47,7 @@ pub fn start(
         task_id,
         spec,
         timeout,
+        root_profile: _,
     } = request;
     let cancel = registry.insert(
         &task_id,

@@ -18,7 +18,10 @@
 //! - [`task_report`]: delivers a task's log entries and completion from disk.
 //! - [`task_spec`]: a claimed task's payload checked and turned into an
 //!   executor request.
+//! - [`state_dir`]: the files of the state directory; [`agent_status`]: the
+//!   running agent's `status.json`.
 
+pub mod agent_status;
 pub mod api_client;
 pub mod backoff;
 pub mod claim_loop;
@@ -32,6 +35,7 @@ pub mod output_clip;
 pub mod realtime_session;
 pub mod root_access;
 pub mod sio_client;
+pub mod state_dir;
 pub mod task_journal;
 pub mod task_report;
 pub mod task_spec;

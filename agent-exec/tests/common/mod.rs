@@ -137,6 +137,7 @@ impl Client {
             task_id: task_id.into(),
             spec,
             timeout,
+            root_profile: shared::api::RootProfile::Operational,
         }));
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Hello;
+use crate::api::RootProfile;
 
 /// Largest `bytes` of one output chunk, so a chunk always fits in a frame.
 pub const MAX_OUTPUT_CHUNK: usize = 256 * 1024;
@@ -71,6 +72,10 @@ pub struct RunTask {
     pub spec: TaskSpec,
     /// Measured from the moment the executor starts the task.
     pub timeout: Duration,
+    /// The root-access profile agent-net applies at hand-over (ARCHITECTURE.md
+    /// §9); the executor re-checks package changes and updates against it
+    /// as well as against its own ceiling.
+    pub root_profile: RootProfile,
 }
 
 /// What a task does.

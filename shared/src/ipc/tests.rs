@@ -60,6 +60,7 @@ fn every_net_message() -> Vec<NetMessage> {
                 task_id: TASK.into(),
                 spec,
                 timeout: Duration::from_secs(600),
+                root_profile: crate::api::RootProfile::Operational,
             })
         })
         .collect();
