@@ -96,6 +96,30 @@ pub async fn run(
     }
 }
 
+/// The start-up pre-flight of §8.2: an Engine.IO polling handshake on the
+/// realtime path. It only informs the log; the session never depends on it.
+pub async fn preflight(sio: &SioConfig, timeout: Duration) -> Result<(), String> {
+    let url = sio_client::websocket_url(&sio.api_url, &sio.path)
+        .map_err(|e| e.to_string())?
+        .replacen("wss://", "https://", 1)
+        .replacen("ws://", "http://", 1)
+        .replace("transport=websocket", "transport=polling");
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((*sio.tls).clone())
+        .timeout(timeout)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = http.get(&url).send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    let head = String::from_utf8_lossy(&body[..body.len().min(1024)]);
+    if status.as_u16() == 200 && head.contains("\"sid\"") {
+        Ok(())
+    } else {
+        Err(format!("GET {url} answered {status}"))
+    }
+}
+
 struct Ended {
     authenticated: bool,
     reason: String,

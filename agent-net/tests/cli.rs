@@ -151,15 +151,8 @@ fn config_path_and_broken_files() {
 #[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(agent(dir.path(), &[], &[]).status.code(), Some(2));
     assert_eq!(
         agent(dir.path(), &["frobnicate"], &[]).status.code(),
-        Some(2)
-    );
-    assert_eq!(
-        agent(dir.path(), &["--config-file", "x.json"], &[])
-            .status
-            .code(),
         Some(2)
     );
     assert_eq!(
@@ -168,4 +161,35 @@ fn usage_errors_exit_2() {
             .code(),
         Some(2)
     );
+}
+
+/// Without a command the agent runs, as the original did; unconfigured, it
+/// stops at once with an error that says what to do.
+#[test]
+fn no_command_runs_the_agent_and_explains_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+    let o = agent(dir.path(), &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let expected = if root {
+        "refusing to run as root"
+    } else {
+        "api_url is not configured"
+    };
+    assert!(stderr(&o).contains(expected), "{}", stderr(&o));
+    let mut args = vec!["run"];
+    if root {
+        args.push("--allow-root");
+    }
+    let o = agent(dir.path(), &args, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("api_url is not configured"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("noderax-agent bootstrap"), "{}", stderr(&o));
+
+    // A named config file that does not exist is an error, not a default.
+    let o = agent(dir.path(), &["--config-file", "x.json", "run", "--allow-root"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("x.json"), "{}", stderr(&o));
 }

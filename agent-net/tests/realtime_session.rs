@@ -184,8 +184,9 @@ async fn rejected_credentials_back_off_and_say_why() {
         "0000000000000000000000000000000000000000000000000000000000000000",
     ))
     .await;
+    // Generous: only a hang should fail this wait.
     let st = tokio::time::timeout(
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         s.status.wait_for(|st| st.last_error.is_some()),
     )
     .await
@@ -194,9 +195,10 @@ async fn rejected_credentials_back_off_and_say_why() {
     .clone();
     assert!(st.last_error.unwrap().contains("Invalid agent token"));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // 1 s, then 2 s (±20 %): at most three attempts in these ~3 s.
+    // 1 s, then 2 s (±20 %): at most three attempts in these ~3 s (a
+    // slow machine makes fewer, never more).
     let auths = count(&s.tb, "agent.auth");
-    assert!((2..=3).contains(&auths), "{auths} auth attempts");
+    assert!((1..=3).contains(&auths), "{auths} auth attempts");
     assert!(!s.tb.node(&s.node_id).unwrap().online);
     s.stop.send(true).unwrap();
 }

@@ -3,6 +3,7 @@
 
 mod config_cmd;
 mod enroll_cmd;
+mod run_cmd;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -23,7 +24,6 @@ use shared::build_info;
 #[command(
     name = "noderax-agent",
     disable_version_flag = true,
-    arg_required_else_help = true,
     after_help = "Documentation: README.md (configuration table) and ARCHITECTURE.md."
 )]
 pub struct Cli {
@@ -41,6 +41,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent: claim and run tasks, report them, keep the node online
+    /// and serve terminals (the default without a command).
+    Run(run_cmd::RunArgs),
     /// Print version, commit and build date.
     Version,
     /// Show or change the configuration.
@@ -68,11 +71,9 @@ pub fn main() -> ExitCode {
         (Some(Command::Enroll(args)), false) => {
             enroll_cmd::enroll(args, cli.config_file.as_deref())
         }
-        // Only options and no command (`--config-file x`): show what is possible.
-        (None, false) => {
-            let _ = <Cli as clap::CommandFactory>::command().print_help();
-            return ExitCode::from(2);
-        }
+        (Some(Command::Run(args)), false) => run_cmd::run(args, cli.config_file.as_deref()),
+        // No command: run, as the original agent did.
+        (None, false) => run_cmd::run(&run_cmd::RunArgs::default(), cli.config_file.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,988 @@
+//! The hub between the control plane and the executor: claimed tasks go to
+//! the executor, their output and exits come back into each task's journal
+//! and record on disk, and the per-task reporters deliver them
+//! (ARCHITECTURE.md §4–§5). Terminal events are routed through the same loop
+//! because they share the executor connection ([`crate::terminal_bridge`]).
+//!
+//! Everything runs on one task, so there is no lock ordering to get wrong;
+//! the slow parts (HTTP delivery, control polling) run in their own tasks
+//! and report back through the input channel.
+//!
+//! Durability rules:
+//! - a task's directory, record and journal exist before `RunTask` is sent;
+//! - output is appended and synced before `AckOutput` lets the executor
+//!   drop it;
+//! - the exit is stored before `ForgetTask`;
+//! - after a restart of either process the executor's inventory decides:
+//!   tasks it still has are replayed from the journal's last sequence
+//!   number; tasks it no longer has are completed `failed` with the reason.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shared::api::task::{ClaimedTask, CompletionStatus, LogStream};
+use shared::ipc::{ExecMessage, Inventory, NetMessage, Outcome, OutputStream, RunTask, TaskExit};
+use shared::timestamp::Timestamp;
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, watch};
+use tokio::task::AbortHandle;
+
+use crate::api_client::ApiClient;
+use crate::claim_loop::TaskSink;
+use crate::control_watch::{self, ControlEvent};
+use crate::exec_link::{ExecLink, LinkEvent};
+use crate::log;
+use crate::realtime_session::ServerEvent;
+use crate::root_access::RootAccess;
+use crate::state_dir::StateDir;
+use crate::task_journal::TaskJournal;
+use crate::task_report::{Delivery, ExitRecord, TaskRecord, TaskReporter};
+use crate::task_spec;
+use crate::terminal_bridge::TerminalBridge;
+
+/// Settings of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    pub state: StateDir,
+    /// `task_timeout`: for tasks whose payload names none.
+    pub default_timeout: Duration,
+    /// Lines of one stream arriving within this window share a log entry.
+    pub coalesce_window: Duration,
+    /// How often a running task's control endpoint is polled.
+    pub control_interval: Duration,
+    /// `outbox_max_bytes`: undelivered output kept on disk at most.
+    pub outbox_max_bytes: u64,
+    /// `realtime_queue_size`: terminal events kept while the socket is down.
+    pub terminal_queue: usize,
+}
+
+/// What `status` shows about tasks and terminals.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DispatchStatus {
+    pub running_tasks: Vec<String>,
+    pub undelivered_tasks: u64,
+    pub undelivered_bytes: u64,
+    pub open_terminals: u64,
+}
+
+/// Requests into the loop from the other tasks.
+enum Input {
+    Claimed {
+        task: ClaimedTask,
+        slot: OwnedSemaphorePermit,
+    },
+    Control {
+        task_id: String,
+        event: ControlEvent,
+    },
+    Delivered {
+        task_id: String,
+        result: std::io::Result<Delivery>,
+    },
+}
+
+/// The claim loop's way in: claimed tasks go to the dispatcher.
+#[derive(Clone)]
+pub struct ClaimedTasks {
+    tx: mpsc::Sender<Input>,
+}
+
+impl TaskSink for ClaimedTasks {
+    async fn start(&self, task: ClaimedTask, slot: OwnedSemaphorePermit) {
+        let id = task.id.clone();
+        if self.tx.send(Input::Claimed { task, slot }).await.is_err() {
+            log::error(format_args!(
+                "task {id} was claimed while the agent is stopping; the control plane will time it out"
+            ));
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for the executor to be reachable.
+    Pending(RunTask),
+    /// The executor has it (or had it before a restart of this process).
+    Handed,
+    /// The exit is stored; only delivery remains.
+    Exited,
+}
+
+struct Task {
+    dir: PathBuf,
+    journal: Arc<Mutex<TaskJournal>>,
+    wake: Arc<Notify>,
+    phase: Phase,
+    slot: Option<OwnedSemaphorePermit>,
+    control: Option<AbortHandle>,
+    reporter: Option<AbortHandle>,
+    /// Delivery ended (completed accepted, or 404/409).
+    delivered: bool,
+    /// The control plane no longer wants anything from this task.
+    gone_on_server: bool,
+    /// An operator's cancel reason, for the completion's `error`.
+    cancel_reason: Option<String>,
+    /// Output bytes stored and counted in the outbox.
+    outbox_bytes: u64,
+}
+
+/// The dispatcher's state; [`run`] drives it.
+struct Dispatcher {
+    s: DispatchSettings,
+    client: ApiClient,
+    link: ExecLink,
+    link_up: bool,
+    /// Why the executor connection last ended, for failed tasks' errors.
+    last_down: Option<String>,
+    root: Arc<Mutex<RootAccess>>,
+    tasks: HashMap<String, Task>,
+    terminals: TerminalBridge,
+    input: mpsc::Sender<Input>,
+    outbox_bytes: u64,
+    /// Journals written since the last sync, with the highest seq each.
+    dirty: HashSet<String>,
+}
+
+/// Starts a dispatcher; returns the claim loop's sink. Tasks left
+/// unfinished by an earlier run are resumed from the state directory.
+#[allow(clippy::too_many_arguments)]
+pub fn start(
+    s: DispatchSettings,
+    client: ApiClient,
+    link: ExecLink,
+    link_events: mpsc::Receiver<LinkEvent>,
+    root: Arc<Mutex<RootAccess>>,
+    server_events: mpsc::Receiver<ServerEvent>,
+    socket_out: mpsc::Sender<(String, serde_json::Value)>,
+    socket_up: watch::Receiver<bool>,
+    status: watch::Sender<DispatchStatus>,
+    shutdown: watch::Receiver<bool>,
+) -> (ClaimedTasks, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(64);
+    let mut d = Dispatcher {
+        terminals: TerminalBridge::new(s.terminal_queue),
+        s,
+        client,
+        link,
+        link_up: false,
+        last_down: None,
+        root,
+        tasks: HashMap::new(),
+        input: tx.clone(),
+        outbox_bytes: 0,
+        dirty: HashSet::new(),
+    };
+    d.recover();
+    let handle = tokio::spawn(d.run(
+        rx,
+        link_events,
+        server_events,
+        socket_out,
+        socket_up,
+        status,
+        shutdown,
+    ));
+    (ClaimedTasks { tx }, handle)
+}
+
+fn stream_of(s: OutputStream) -> LogStream {
+    match s {
+        OutputStream::Stdout => LogStream::Stdout,
+        OutputStream::Stderr => LogStream::Stderr,
+        OutputStream::System => LogStream::System,
+    }
+}
+
+impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        mut link_events: mpsc::Receiver<LinkEvent>,
+        mut server_events: mpsc::Receiver<ServerEvent>,
+        socket_out: mpsc::Sender<(String, serde_json::Value)>,
+        mut socket_up: watch::Receiver<bool>,
+        status: watch::Sender<DispatchStatus>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut stopping = false;
+        loop {
+            self.publish(&status);
+            self.flush_terminal_events(&socket_out, *socket_up.borrow());
+            if stopping && self.flushed() {
+                return;
+            }
+            tokio::select! {
+                Some(ev) = link_events.recv() => {
+                    self.on_link(ev);
+                    // Take everything already waiting, then sync once: one
+                    // fsync per burst, not per chunk.
+                    while let Ok(ev) = link_events.try_recv() {
+                        self.on_link(ev);
+                    }
+                    self.sync_and_ack();
+                }
+                Some(input) = inputs.recv() => self.on_input(input),
+                Some((name, payload)) = server_events.recv() => {
+                    let up = self.link_up;
+                    for m in self.terminals.from_server(&name, payload, up) {
+                        self.link.send(m);
+                    }
+                }
+                Ok(()) = socket_up.changed() => {}
+                r = shutdown.changed(), if !stopping => {
+                    if r.is_err() || *shutdown.borrow() {
+                        stopping = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// True once every finished task's events are delivered: what SIGTERM
+    /// waits for (running tasks belong to the executor and resume later).
+    fn flushed(&self) -> bool {
+        self.tasks
+            .values()
+            .all(|t| t.delivered || !matches!(t.phase, Phase::Exited))
+    }
+
+    fn publish(&self, status: &watch::Sender<DispatchStatus>) {
+        let mut running: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !matches!(t.phase, Phase::Exited))
+            .map(|(id, _)| id.clone())
+            .collect();
+        running.sort();
+        let next = DispatchStatus {
+            running_tasks: running,
+            undelivered_tasks: self.tasks.values().filter(|t| !t.delivered).count() as u64,
+            undelivered_bytes: self.outbox_bytes,
+            open_terminals: self.terminals.open_sessions() as u64,
+        };
+        status.send_if_modified(|s| {
+            let changed = *s != next;
+            *s = next;
+            changed
+        });
+    }
+
+    fn flush_terminal_events(
+        &mut self,
+        out: &mpsc::Sender<(String, serde_json::Value)>,
+        socket_up: bool,
+    ) {
+        if !socket_up {
+            return;
+        }
+        let events = self.terminals.take_outgoing();
+        let mut rest = Vec::new();
+        for e in events {
+            if !rest.is_empty() {
+                rest.push(e);
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(e)) = out.try_send(e) {
+                rest.push(e);
+            }
+        }
+        self.terminals.requeue_front(rest);
+    }
+
+    // ---- tasks -------------------------------------------------------
+
+    /// Loads tasks an earlier run left undelivered or running.
+    fn recover(&mut self) {
+        let dir = self.s.state.tasks();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if shared::validate::uuid(&id).is_err() {
+                continue;
+            }
+            let record = match TaskRecord::load(&path) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    log::error(format_args!(
+                        "task {id}: {} is unreadable ({e}); its events cannot be delivered; remove the directory once inspected",
+                        path.display()
+                    ));
+                    continue;
+                }
+            };
+            if record.done() {
+                continue;
+            }
+            let journal = match TaskJournal::open(&path) {
+                Ok(j) => j,
+                Err(e) => {
+                    log::error(format_args!(
+                        "task {id}: its output journal in {} cannot be opened: {e}",
+                        path.display()
+                    ));
+                    continue;
+                }
+            };
+            let phase = if record.exit.is_some() {
+                Phase::Exited
+            } else {
+                Phase::Handed
+            };
+            log::info(format_args!(
+                "task {id}: resuming delivery ({})",
+                if record.exit.is_some() {
+                    "finished, events not all delivered"
+                } else {
+                    "was running when the agent stopped"
+                }
+            ));
+            let outbox = journal.disk_bytes();
+            self.outbox_bytes += outbox;
+            let running = matches!(phase, Phase::Handed);
+            self.tasks.insert(
+                id.clone(),
+                Task {
+                    dir: path,
+                    journal: Arc::new(Mutex::new(journal)),
+                    wake: Arc::new(Notify::new()),
+                    phase,
+                    slot: None,
+                    control: None,
+                    reporter: None,
+                    delivered: false,
+                    gone_on_server: false,
+                    cancel_reason: None,
+                    outbox_bytes: outbox,
+                },
+            );
+            self.spawn_reporter(&id);
+            if running {
+                self.spawn_control(&id);
+            }
+        }
+    }
+
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Claimed { task, slot } => self.claimed(task, slot),
+            Input::Control { task_id, event } => self.control(&task_id, event),
+            Input::Delivered { task_id, result } => self.delivered(&task_id, result),
+        }
+    }
+
+    fn claimed(&mut self, task: ClaimedTask, slot: OwnedSemaphorePermit) {
+        let id = task.id.clone();
+        if let Err(e) = shared::validate::uuid(&id) {
+            log::error(format_args!(
+                "claimed task id {id:?} is not a UUID ({e}); it cannot be stored and is not run"
+            ));
+            return;
+        }
+        if self.tasks.contains_key(&id) {
+            log::warn(format_args!(
+                "task {id} was claimed again while this agent still has it; the second claim is ignored"
+            ));
+            return;
+        }
+        let dir = self.s.state.task(&id);
+        let record = TaskRecord {
+            task_id: id.clone(),
+            task_type: task.task_type.clone(),
+            exit: None,
+            completed_sent: false,
+            ended: None,
+        };
+        let journal = match record.save(&dir).and_then(|()| TaskJournal::open(&dir)) {
+            Ok(j) => j,
+            Err(e) => {
+                // Without a place to store output the task must not run:
+                // its output could not be delivered.
+                log::error(format_args!(
+                    "task {id} not run: its directory {} could not be set up: {e}; check that the state directory is writable",
+                    dir.display()
+                ));
+                return;
+            }
+        };
+        self.tasks.insert(
+            id.clone(),
+            Task {
+                dir,
+                journal: Arc::new(Mutex::new(journal)),
+                wake: Arc::new(Notify::new()),
+                phase: Phase::Exited,
+                slot: Some(slot),
+                control: None,
+                reporter: None,
+                delivered: false,
+                gone_on_server: false,
+                cancel_reason: None,
+                outbox_bytes: 0,
+            },
+        );
+        self.spawn_reporter(&id);
+        match task_spec::spec_for(&task, self.s.default_timeout) {
+            Err(not_runnable) => {
+                log::warn(format_args!(
+                    "task {id} ({}) not run: {not_runnable}",
+                    task.task_type
+                ));
+                self.finish_locally(&id, CompletionStatus::Failed, not_runnable.0);
+            }
+            Ok((spec, timeout)) => {
+                let run = RunTask {
+                    task_id: id.clone(),
+                    spec,
+                    timeout,
+                    root_profile: self.root.lock().expect("root lock").applied_profile(),
+                };
+                log::info(format_args!(
+                    "task {id} ({}) claimed, timeout {}s",
+                    task.task_type,
+                    timeout.as_secs()
+                ));
+                let t = self.tasks.get_mut(&id).expect("inserted above");
+                if self.link_up {
+                    self.link.send(NetMessage::RunTask(run));
+                    t.phase = Phase::Handed;
+                } else {
+                    log::warn(format_args!(
+                        "task {id} waits for the executor: {}",
+                        self.last_down.as_deref().unwrap_or("not connected yet")
+                    ));
+                    t.phase = Phase::Pending(run);
+                }
+                self.spawn_control(&id);
+            }
+        }
+    }
+
+    fn spawn_reporter(&mut self, id: &str) {
+        self.spawn_reporter_after(id, Duration::ZERO);
+    }
+
+    /// Starts delivering a task's events (again, after `delay`).
+    fn spawn_reporter_after(&mut self, id: &str, delay: Duration) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let dir = t.dir.clone();
+        let journal = t.journal.clone();
+        let wake = t.wake.clone();
+        let client = self.client.clone();
+        let window = self.s.coalesce_window;
+        let input = self.input.clone();
+        let task_id = id.to_owned();
+        let handle = tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let result = match TaskReporter::new(&dir, client, journal, window) {
+                Ok(mut r) => r.run(&wake).await,
+                Err(e) => Err(e),
+            };
+            let _ = input.send(Input::Delivered { task_id, result }).await;
+        });
+        t.reporter = Some(handle.abort_handle());
+    }
+
+    fn spawn_control(&mut self, id: &str) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let client = self.client.clone();
+        let interval = self.s.control_interval;
+        let input = self.input.clone();
+        let task_id = id.to_owned();
+        let handle = tokio::spawn(async move {
+            let event = control_watch::watch(&client, &task_id, interval).await;
+            let _ = input.send(Input::Control { task_id, event }).await;
+        });
+        t.control = Some(handle.abort_handle());
+    }
+
+    /// Ends a task that the executor does not (or no longer) run: a note in
+    /// its output and its exit stored for delivery.
+    fn finish_locally(&mut self, id: &str, status: CompletionStatus, error: String) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        {
+            let mut j = t.journal.lock().expect("journal lock");
+            let seq = j.last_seq() + 1;
+            let line = format!("{error}\n");
+            if let Err(e) = j
+                .append(LogStream::System, seq, line.as_bytes())
+                .and_then(|()| j.sync().map(|_| ()))
+            {
+                log::error(format_args!("task {id}: storing a note failed: {e}"));
+            }
+        }
+        let exit = ExitRecord {
+            status,
+            exit_code: -1,
+            duration_ms: 0,
+            error: Some(error),
+            result: None,
+            finished_at: Timestamp::now(),
+        };
+        self.store_exit(id, exit);
+    }
+
+    /// Stores a task's exit and releases what it held.
+    fn store_exit(&mut self, id: &str, exit: ExitRecord) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let saved = TaskRecord::load(&t.dir).and_then(|r| {
+            let mut r = r.ok_or_else(|| std::io::Error::other("task.json is missing"))?;
+            r.exit = Some(exit.clone());
+            r.save(&t.dir)
+        });
+        if let Err(e) = saved {
+            log::error(format_args!(
+                "task {id}: storing its exit in {} failed: {e}; the completion is sent once this is fixed and the agent restarts",
+                t.dir.display()
+            ));
+        }
+        log::info(format_args!(
+            "task {id} ended: {:?}, exit code {}{}",
+            exit.status,
+            exit.exit_code,
+            exit.error
+                .as_deref()
+                .map(|e| format!(", {e}"))
+                .unwrap_or_default()
+        ));
+        t.phase = Phase::Exited;
+        t.slot = None;
+        if let Some(c) = t.control.take() {
+            c.abort();
+        }
+        t.wake.notify_one();
+        if t.delivered {
+            self.remove(id);
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(t) = self.tasks.remove(id) {
+            self.outbox_bytes = self.outbox_bytes.saturating_sub(t.outbox_bytes);
+            if let Some(c) = t.control {
+                c.abort();
+            }
+            if let Some(r) = t.reporter {
+                r.abort();
+            }
+        }
+        self.dirty.remove(id);
+    }
+
+    fn control(&mut self, id: &str, event: ControlEvent) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        t.control = None;
+        match event {
+            ControlEvent::CancelRequested { reason } => {
+                let reason = reason.unwrap_or_else(|| "task cancelled by control request".into());
+                log::info(format_args!("task {id}: cancel requested: {reason}"));
+                t.cancel_reason = Some(reason.clone());
+                match t.phase {
+                    Phase::Pending(_) => {
+                        self.finish_locally(id, CompletionStatus::Cancelled, reason);
+                    }
+                    Phase::Handed => self.link.send(NetMessage::CancelTask {
+                        task_id: id.to_owned(),
+                        reason,
+                    }),
+                    Phase::Exited => {}
+                }
+            }
+            ControlEvent::GoneOnServer { why } => {
+                log::warn(format_args!(
+                    "task {id}: stopping it without a completion: {why}"
+                ));
+                t.gone_on_server = true;
+                let ended = TaskRecord::load(&t.dir).and_then(|r| {
+                    let mut r = r.ok_or_else(|| std::io::Error::other("task.json is missing"))?;
+                    r.ended = Some(why.clone());
+                    r.save(&t.dir)
+                });
+                if let Err(e) = ended {
+                    log::error(format_args!("task {id}: recording its end failed: {e}"));
+                }
+                if let Some(r) = t.reporter.take() {
+                    r.abort();
+                }
+                t.delivered = true;
+                match t.phase {
+                    Phase::Pending(_) => {
+                        t.phase = Phase::Exited;
+                        t.slot = None;
+                        self.remove(id);
+                    }
+                    Phase::Handed => self.link.send(NetMessage::CancelTask {
+                        task_id: id.to_owned(),
+                        reason: why,
+                    }),
+                    Phase::Exited => self.remove(id),
+                }
+            }
+        }
+    }
+
+    fn delivered(&mut self, id: &str, result: std::io::Result<Delivery>) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        t.reporter = None;
+        match result {
+            Ok(Delivery::Completed) => {
+                t.delivered = true;
+                if matches!(t.phase, Phase::Exited) {
+                    self.remove(id);
+                }
+            }
+            Ok(Delivery::Ended(why)) => {
+                log::warn(format_args!(
+                    "task {id}: the control plane ended its reporting: {why}"
+                ));
+                t.delivered = true;
+                t.gone_on_server = true;
+                match t.phase {
+                    // Nobody wants its results any more: stop it.
+                    Phase::Handed => self.link.send(NetMessage::CancelTask {
+                        task_id: id.to_owned(),
+                        reason: why,
+                    }),
+                    Phase::Pending(_) => {
+                        t.phase = Phase::Exited;
+                        self.remove(id);
+                    }
+                    Phase::Exited => self.remove(id),
+                }
+            }
+            Err(e) => {
+                log::error(format_args!(
+                    "task {id}: delivery stopped on a local storage error: {e}; retrying in 30s"
+                ));
+                self.spawn_reporter_after(id, Duration::from_secs(30));
+            }
+        }
+    }
+
+    // ---- executor ----------------------------------------------------
+
+    fn on_link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Up { inventory, .. } => self.link_up(inventory),
+            LinkEvent::Down {
+                reason,
+                executor_exited,
+            } => {
+                self.link_up = false;
+                if executor_exited {
+                    // Its tasks and shells died with it.
+                    let ids: Vec<String> = self
+                        .tasks
+                        .iter()
+                        .filter(|(_, t)| matches!(t.phase, Phase::Handed))
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    for id in ids {
+                        self.executor_lost(&id, &reason);
+                    }
+                    self.terminals.executor_exited();
+                }
+                self.last_down = Some(reason);
+            }
+            LinkEvent::Message(m) => self.on_message(m),
+        }
+    }
+
+    fn executor_lost(&mut self, id: &str, why: &str) {
+        let t = self.tasks.get(id);
+        if t.is_some_and(|t| t.gone_on_server) {
+            let _ = self.tasks.get_mut(id).map(|t| t.phase = Phase::Exited);
+            self.remove(id);
+            return;
+        }
+        self.finish_locally(
+            id,
+            CompletionStatus::Failed,
+            format!(
+                "the task was lost because the agent's executor stopped while it ran ({why}); output up to that point was kept and delivered"
+            ),
+        );
+    }
+
+    fn link_up(&mut self, inventory: Inventory) {
+        self.link_up = true;
+        let why = self
+            .last_down
+            .clone()
+            .unwrap_or_else(|| "the executor restarted".into());
+        let known: HashMap<&str, &shared::ipc::TaskState> = inventory
+            .tasks
+            .iter()
+            .map(|t| (t.task_id.as_str(), t))
+            .collect();
+        let ids: Vec<String> = self.tasks.keys().cloned().collect();
+        for id in ids {
+            let t = self.tasks.get_mut(&id).expect("listed above");
+            match &t.phase {
+                Phase::Pending(_) => {
+                    let Phase::Pending(run) = std::mem::replace(&mut t.phase, Phase::Handed) else {
+                        unreachable!("matched above")
+                    };
+                    self.link.send(NetMessage::RunTask(run));
+                }
+                Phase::Handed if known.contains_key(id.as_str()) => {
+                    let after_seq = t.journal.lock().expect("journal lock").last_seq();
+                    self.link.send(NetMessage::Replay {
+                        task_id: id.clone(),
+                        after_seq,
+                    });
+                }
+                Phase::Handed => self.executor_lost(&id, &why),
+                Phase::Exited => {}
+            }
+        }
+        for state in &inventory.tasks {
+            let id = &state.task_id;
+            match self.tasks.get(id) {
+                Some(t) if !matches!(t.phase, Phase::Exited) => {}
+                // Its exit is stored already (or delivered): the executor may forget it.
+                Some(_) => self.link.send(NetMessage::ForgetTask {
+                    task_id: id.clone(),
+                }),
+                None => {
+                    let stored = TaskRecord::load(&self.s.state.task(id))
+                        .ok()
+                        .flatten()
+                        .is_some_and(|r| r.exit.is_some() || r.done());
+                    if stored {
+                        self.link.send(NetMessage::ForgetTask {
+                            task_id: id.clone(),
+                        });
+                    } else if state.exit.is_none() {
+                        log::warn(format_args!(
+                            "the executor runs task {id}, which this agent has no record of; stopping it"
+                        ));
+                        self.link.send(NetMessage::CancelTask {
+                            task_id: id.clone(),
+                            reason: "the network process has no record of this task".into(),
+                        });
+                    } else {
+                        self.link.send(NetMessage::ForgetTask {
+                            task_id: id.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        self.terminals.executor_up(&inventory.terminals);
+    }
+
+    fn on_message(&mut self, m: ExecMessage) {
+        match m {
+            ExecMessage::TaskOutput(out) => {
+                let Some(t) = self.tasks.get_mut(&out.task_id) else {
+                    log::debug(format_args!(
+                        "output for unknown task {} ignored",
+                        out.task_id
+                    ));
+                    return;
+                };
+                let mut j = t.journal.lock().expect("journal lock");
+                if out.seq <= j.last_seq() {
+                    return; // already stored (a replay overlap)
+                }
+                let len = out.bytes.len() as u64;
+                let stream = stream_of(out.stream);
+                let r = if self.outbox_bytes + len > self.s.outbox_max_bytes {
+                    j.append_dropped(stream, out.seq, len as u32)
+                } else {
+                    t.outbox_bytes += len;
+                    self.outbox_bytes += len;
+                    j.append(stream, out.seq, &out.bytes)
+                };
+                drop(j);
+                match r {
+                    Ok(()) => {
+                        self.dirty.insert(out.task_id);
+                    }
+                    Err(e) => log::error(format_args!(
+                        "task {}: storing output failed: {e}; it stays with the executor until storage works",
+                        out.task_id
+                    )),
+                }
+            }
+            ExecMessage::TaskExited(exit) => self.exited(exit),
+            ExecMessage::TaskStarted { task_id, pid } => {
+                log::debug(format_args!("task {task_id} started as pid {pid}"));
+            }
+            ExecMessage::Refused { request, reason } => {
+                log::warn(format_args!("the executor refused {request}: {reason}"));
+                if let Some(id) = request.strip_prefix("RunTask ")
+                    && self
+                        .tasks
+                        .get(id)
+                        .is_some_and(|t| matches!(t.phase, Phase::Handed))
+                {
+                    let id = id.to_owned();
+                    self.finish_locally(
+                        &id,
+                        CompletionStatus::Failed,
+                        format!("the executor refused the task: {reason}"),
+                    );
+                }
+            }
+            ExecMessage::TerminalOpened {
+                session_id,
+                cols,
+                rows,
+                mode,
+            } => {
+                if let Some(note) = self.terminals.opened(&session_id, cols, rows, mode) {
+                    log::warn(note);
+                }
+            }
+            ExecMessage::TerminalOutput {
+                session_id,
+                seq,
+                bytes,
+            } => {
+                if self.terminals.output(&session_id, &bytes) {
+                    self.link.send(NetMessage::TerminalAck { session_id, seq });
+                } else {
+                    self.link.send(NetMessage::TerminalClose {
+                        session_id,
+                        reason: Some("the agent has no record of this session".into()),
+                    });
+                }
+            }
+            ExecMessage::TerminalExited {
+                session_id,
+                exit_code,
+                reason,
+            } => self
+                .terminals
+                .shell_exited(&session_id, exit_code, reason.as_deref()),
+            ExecMessage::TerminalError {
+                session_id,
+                message,
+            } => {
+                for m in self.terminals.executor_error(&session_id, &message) {
+                    self.link.send(m);
+                }
+            }
+            ExecMessage::Hello(_) | ExecMessage::Inventory(_) => {
+                log::warn("the executor repeated its handshake mid-session; ignored");
+            }
+        }
+    }
+
+    /// Makes stored output durable and tells the executor it may drop it.
+    fn sync_and_ack(&mut self) {
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(t) = self.tasks.get(&id) else {
+                continue;
+            };
+            let mut j = t.journal.lock().expect("journal lock");
+            match j.sync() {
+                Ok(_) => {
+                    let seq = j.last_seq();
+                    drop(j);
+                    self.link.send(NetMessage::AckOutput { task_id: id, seq });
+                    t.wake.notify_one();
+                }
+                Err(e) => log::error(format_args!(
+                    "task {id}: syncing its journal failed: {e}; the executor keeps the output"
+                )),
+            }
+        }
+    }
+
+    fn exited(&mut self, exit: TaskExit) {
+        let id = exit.task_id.clone();
+        // Output before the exit must be durable before the exit is stored.
+        self.sync_and_ack();
+        let Some(t) = self.tasks.get(&id) else {
+            self.link.send(NetMessage::ForgetTask { task_id: id });
+            return;
+        };
+        if matches!(t.phase, Phase::Exited) || t.gone_on_server {
+            let gone = t.gone_on_server;
+            self.link.send(NetMessage::ForgetTask {
+                task_id: id.clone(),
+            });
+            if gone {
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    t.phase = Phase::Exited;
+                }
+                self.remove(&id);
+            }
+            return;
+        }
+        let stored_seq = t.journal.lock().expect("journal lock").last_seq();
+        if stored_seq < exit.last_seq {
+            // The executor sends every chunk before the exit; a gap means
+            // the connection dropped in between. Ask again; it resends the exit.
+            self.link.send(NetMessage::Replay {
+                task_id: id,
+                after_seq: stored_seq,
+            });
+            return;
+        }
+        let dropped = exit.dropped_bytes + t.journal.lock().expect("journal lock").dropped();
+        let status = match exit.outcome {
+            Outcome::Success => CompletionStatus::Success,
+            Outcome::Failed => CompletionStatus::Failed,
+            Outcome::Cancelled => CompletionStatus::Cancelled,
+            Outcome::TimedOut => CompletionStatus::Timeout,
+        };
+        let mut error = match (exit.outcome, &t.cancel_reason) {
+            (Outcome::Cancelled, Some(reason)) => Some(reason.clone()),
+            _ => exit.error.clone(),
+        };
+        if dropped > 0 {
+            let note = format!(
+                "{dropped} bytes of output were dropped because a storage bound was reached (outbox_max_bytes); see `noderax-agent task-output {id}` for what was kept"
+            );
+            error = Some(match error {
+                Some(e) => format!("{e}; {note}"),
+                None => note,
+            });
+        }
+        let result = match exit
+            .result_json
+            .as_deref()
+            .map(serde_json::from_str::<serde_json::Value>)
+        {
+            None => None,
+            Some(Ok(serde_json::Value::Object(m))) => Some(m),
+            Some(_) => {
+                error.get_or_insert_with(|| "the executor produced an unreadable result".into());
+                None
+            }
+        };
+        let record = ExitRecord {
+            status,
+            exit_code: exit.exit_code,
+            duration_ms: exit.duration.as_millis() as u64,
+            error,
+            result,
+            finished_at: Timestamp::now(),
+        };
+        self.store_exit(&id, record);
+        self.link.send(NetMessage::ForgetTask { task_id: id });
+    }
+}
