@@ -185,11 +185,23 @@ fn no_command_runs_the_agent_and_explains_what_is_missing() {
     }
     let o = agent(dir.path(), &args, &[]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("api_url is not configured"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("noderax-agent bootstrap"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("api_url is not configured"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("noderax-agent bootstrap"),
+        "{}",
+        stderr(&o)
+    );
 
     // A named config file that does not exist is an error, not a default.
-    let o = agent(dir.path(), &["--config-file", "x.json", "run", "--allow-root"], &[]);
+    let o = agent(
+        dir.path(),
+        &["--config-file", "x.json", "run", "--allow-root"],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("x.json"), "{}", stderr(&o));
 }
