@@ -15,7 +15,8 @@
 //! - [`output_clip`]: the `output` of a completion, within the API's limit.
 //! - [`task_journal`]: a task's output stored durably on the node, with the
 //!   position up to which the control plane has it.
-//! - [`task_report`]: delivers a task's log entries and completion from disk.
+//! - [`task_report`]: delivers a task's log entries and completion from disk;
+//!   [`task_retention`]: removes old delivered outputs.
 //! - [`task_spec`]: a claimed task's payload checked and turned into an
 //!   executor request.
 //! - [`state_dir`]: the files of the state directory; [`agent_status`]: the
@@ -43,6 +44,7 @@ pub mod sio_client;
 pub mod state_dir;
 pub mod task_journal;
 pub mod task_report;
+pub mod task_retention;
 pub mod task_spec;
 pub mod terminal_bridge;
 pub mod tls;

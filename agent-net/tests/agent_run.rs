@@ -224,7 +224,7 @@ impl Node {
         }
     }
 
-    async fn wait_for<T>(&self, what: &str, f: impl Fn() -> Option<T>) -> T {
+    async fn wait_for<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Some(v) = f() {
@@ -723,4 +723,32 @@ async fn terminals_echo_take_ctrl_c_and_survive_a_socket_cut() {
     assert_eq!(s.reason.as_deref(), Some("done"));
     assert!(s.exit_code.is_some(), "exited always carries an exit code");
     node.assert_no_rejections();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_agent_cleanly_and_running_tasks_carry_on() {
+    let mut node = Node::start(TestbedConfig::default(), ExecMode::Socket).await;
+    node.ready().await;
+    let id = node.shell("for i in $(seq 1 40); do echo line $i; sleep 0.05; done");
+    node.wait_for("the task runs", || {
+        (!node.messages(&id).is_empty()).then_some(())
+    })
+    .await;
+    let mut agent = node.agent.take().unwrap();
+    // SAFETY: kill(2) on our child.
+    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
+    let status = node
+        .wait_for("the agent exits", || agent.try_wait().unwrap())
+        .await;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(node.agent_log().contains("SIGTERM received"));
+    // The executor still has the task; the next agent delivers it.
+    node.start_agent();
+    let t = node.done(&id).await;
+    assert_eq!(t.status, TaskStatus::Success, "{t:?}");
+    let expected: Vec<String> = (1..=40).map(|i| format!("line {i}")).collect();
+    assert_eq!(
+        text(&node.messages(&id)).split('\n').collect::<Vec<_>>(),
+        expected
+    );
 }

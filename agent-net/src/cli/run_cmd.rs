@@ -33,7 +33,9 @@ use noderax_agent::root_access::RootAccess;
 use noderax_agent::sd_notify::Notifier;
 use noderax_agent::sio_client::SioConfig;
 use noderax_agent::state_dir::StateDir;
-use noderax_agent::{control_watch, enrollment, heartbeat, log, metrics, privilege_drop};
+use noderax_agent::{
+    control_watch, enrollment, heartbeat, log, metrics, privilege_drop, task_retention,
+};
 
 /// How the executor is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -365,6 +367,33 @@ async fn serve(
         dispatch_status,
         shutdown.clone(),
     ));
+
+    // Stored outputs within their age and size bounds: at start, then hourly.
+    {
+        let state = state.clone();
+        let (age, bytes) = (cfg.task_output_retention, cfg.task_output_max_bytes);
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let st = state.clone();
+                let pruned = tokio::task::spawn_blocking(move || {
+                    task_retention::prune(&st, age, bytes, std::time::SystemTime::now())
+                })
+                .await
+                .unwrap_or_default();
+                if pruned.tasks > 0 {
+                    log::info(format_args!(
+                        "removed {} stored task output(s), {} bytes, beyond task_output_retention/task_output_max_bytes",
+                        pruned.tasks, pruned.bytes
+                    ));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
 
     let notifier = Notifier::from_env();
     if let Err(e) = notifier.notify("READY=1") {
