@@ -123,8 +123,6 @@ struct Task {
     gone_on_server: bool,
     /// An operator's cancel reason, for the completion's `error`.
     cancel_reason: Option<String>,
-    /// Output bytes stored and counted in the outbox.
-    outbox_bytes: u64,
 }
 
 /// The dispatcher's state; [`run`] drives it.
@@ -139,7 +137,6 @@ struct Dispatcher {
     tasks: HashMap<String, Task>,
     terminals: TerminalBridge,
     input: mpsc::Sender<Input>,
-    outbox_bytes: u64,
     /// Journals written since the last sync, with the highest seq each.
     dirty: HashSet<String>,
 }
@@ -170,7 +167,6 @@ pub fn start(
         root,
         tasks: HashMap::new(),
         input: tx.clone(),
-        outbox_bytes: 0,
         dirty: HashSet::new(),
     };
     d.recover();
@@ -259,7 +255,7 @@ impl Dispatcher {
         let next = DispatchStatus {
             running_tasks: running,
             undelivered_tasks: self.tasks.values().filter(|t| !t.delivered).count() as u64,
-            undelivered_bytes: self.outbox_bytes,
+            undelivered_bytes: self.undelivered_bytes(),
             open_terminals: self.terminals.open_sessions() as u64,
         };
         status.send_if_modified(|s| {
@@ -289,6 +285,20 @@ impl Dispatcher {
             }
         }
         self.terminals.requeue_front(rest);
+    }
+
+    /// Output stored on disk that the control plane does not have yet: the
+    /// outbox that `outbox_max_bytes` bounds.
+    fn undelivered_bytes(&self) -> u64 {
+        self.tasks
+            .values()
+            .filter(|t| !t.delivered)
+            .map(|t| {
+                let j = t.journal.lock().expect("journal lock");
+                let (r, d) = (j.received(), j.delivered());
+                (0..3).map(|i| r[i].saturating_sub(d[i])).sum::<u64>()
+            })
+            .sum()
     }
 
     // ---- tasks -------------------------------------------------------
@@ -342,8 +352,6 @@ impl Dispatcher {
                     "was running when the agent stopped"
                 }
             ));
-            let outbox = journal.disk_bytes();
-            self.outbox_bytes += outbox;
             let running = matches!(phase, Phase::Handed);
             self.tasks.insert(
                 id.clone(),
@@ -358,7 +366,6 @@ impl Dispatcher {
                     delivered: false,
                     gone_on_server: false,
                     cancel_reason: None,
-                    outbox_bytes: outbox,
                 },
             );
             self.spawn_reporter(&id);
@@ -423,7 +430,6 @@ impl Dispatcher {
                 delivered: false,
                 gone_on_server: false,
                 cancel_reason: None,
-                outbox_bytes: 0,
             },
         );
         self.spawn_reporter(&id);
@@ -573,7 +579,6 @@ impl Dispatcher {
 
     fn remove(&mut self, id: &str) {
         if let Some(t) = self.tasks.remove(id) {
-            self.outbox_bytes = self.outbox_bytes.saturating_sub(t.outbox_bytes);
             if let Some(c) = t.control {
                 c.abort();
             }
@@ -794,6 +799,7 @@ impl Dispatcher {
     fn on_message(&mut self, m: ExecMessage) {
         match m {
             ExecMessage::TaskOutput(out) => {
+                let undelivered = self.undelivered_bytes();
                 let Some(t) = self.tasks.get_mut(&out.task_id) else {
                     log::debug(format_args!(
                         "output for unknown task {} ignored",
@@ -807,11 +813,9 @@ impl Dispatcher {
                 }
                 let len = out.bytes.len() as u64;
                 let stream = stream_of(out.stream);
-                let r = if self.outbox_bytes + len > self.s.outbox_max_bytes {
+                let r = if undelivered + len > self.s.outbox_max_bytes {
                     j.append_dropped(stream, out.seq, len as u32)
                 } else {
-                    t.outbox_bytes += len;
-                    self.outbox_bytes += len;
                     j.append(stream, out.seq, &out.bytes)
                 };
                 drop(j);

@@ -62,6 +62,11 @@ struct Node {
 
 impl Node {
     async fn start(config: TestbedConfig, mode: ExecMode) -> Self {
+        Self::start_with(config, mode, json!({})).await
+    }
+
+    /// `extra`: config keys added to (or replacing) the defaults below.
+    async fn start_with(config: TestbedConfig, mode: ExecMode, extra: Value) -> Self {
         let tb = Testbed::start(config).await.unwrap();
         let (node_id, agent_token) = tb.create_node("e2e-node");
         let dir = tempfile::tempdir().unwrap();
@@ -76,7 +81,7 @@ impl Node {
             Timestamp::now(),
         )
         .unwrap();
-        let config = json!({
+        let mut config = json!({
             "api_url": tb.api_url(),
             "state_file": state.join("agent_identity.json"),
             "exec_socket": dir.path().join("exec.sock"),
@@ -85,6 +90,9 @@ impl Node {
             "kill_grace": "2s",
             "shutdown_timeout": "5s",
         });
+        for (k, v) in extra.as_object().unwrap() {
+            config[k] = v.clone();
+        }
         std::fs::write(
             dir.path().join("config.json"),
             serde_json::to_vec_pretty(&config).unwrap(),
@@ -750,5 +758,44 @@ async fn sigterm_stops_the_agent_cleanly_and_running_tasks_carry_on() {
     assert_eq!(
         text(&node.messages(&id)).split('\n').collect::<Vec<_>>(),
         expected
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_beyond_the_outbox_bound_is_dropped_and_reported_exactly() {
+    let node = Node::start_with(
+        TestbedConfig::default(),
+        ExecMode::Child,
+        json!({"outbox_max_bytes": 100000}),
+    )
+    .await;
+    node.ready().await;
+    // 1 010 000 bytes produced while the control plane is away.
+    let id = node.shell("sleep 1; head -c 1000000 /dev/zero | tr '\\0' x | fold -w 100");
+    node.wait_for("the task started", || {
+        (node.tb.task(&id).unwrap().status == TaskStatus::Running).then_some(())
+    })
+    .await;
+    node.tb.outage(Duration::from_secs(4));
+    let t = node.done(&id).await;
+    let error = t.result.as_ref().unwrap()["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let dropped: u64 = error
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the completion reports the drop: {t:?}"));
+    assert!(error.contains("bytes of output were dropped"), "{error}");
+    let kept: u64 = node
+        .messages(&id)
+        .iter()
+        .map(|r| r.message.len() as u64 + 1)
+        .sum();
+    assert_eq!(kept + dropped, 1_010_000, "kept and dropped add up exactly");
+    assert!(
+        dropped >= 1_010_000 - 100_000 - 256 * 1024,
+        "the bound held"
     );
 }
