@@ -13,6 +13,9 @@ use shared::identity::Identity;
 use testbed::{Direction, Testbed, TestbedConfig};
 use tokio::sync::{mpsc, watch};
 
+/// Generous: only a hang should reach it (a loaded machine is slow).
+const WAIT: Duration = Duration::from_secs(30);
+
 struct Session {
     tb: Testbed,
     node_id: String,
@@ -79,13 +82,10 @@ fn count(tb: &Testbed, event: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authenticates_pings_and_sends_valid_metrics() {
     let mut s = start(None).await;
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        s.status.wait_for(|st| st.authenticated),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    tokio::time::timeout(WAIT, s.status.wait_for(|st| st.authenticated))
+        .await
+        .unwrap()
+        .unwrap();
     let node = s.tb.node(&s.node_id).unwrap();
     assert!(node.online);
     assert_eq!(
@@ -98,11 +98,9 @@ async fn authenticates_pings_and_sends_valid_metrics() {
     );
     assert_eq!(node.root_applied.unwrap()["appliedProfile"], "off");
     // A metrics sample right after auth, then periodic ones; all accepted.
-    s.tb.wait_for(Duration::from_secs(5), |tb| {
-        (tb.metrics(&s.node_id).len() >= 3).then_some(())
-    })
-    .await
-    .unwrap();
+    s.tb.wait_for(WAIT, |tb| (tb.metrics(&s.node_id).len() >= 3).then_some(()))
+        .await
+        .unwrap();
     assert!(count(&s.tb, "agent.ping") >= 5);
     assert!(
         !s.tb.events().iter().any(|e| e.event == "agent.error"),
@@ -113,7 +111,7 @@ async fn authenticates_pings_and_sends_valid_metrics() {
 
     // root-access.updated is applied and re-announced with a new agent.auth.
     s.tb.set_root_profile(&s.node_id, RootProfile::All).unwrap();
-    s.tb.wait_for(Duration::from_secs(5), |tb| {
+    s.tb.wait_for(WAIT, |tb| {
         (tb.node(&s.node_id).unwrap().root_applied.unwrap()["appliedProfile"] == "operational")
             .then_some(())
     })
@@ -126,7 +124,7 @@ async fn authenticates_pings_and_sends_valid_metrics() {
 
     // Server events go to the rest of the agent; outbound events go out.
     let session = s.tb.open_terminal(&s.node_id, 120, 34, false).unwrap();
-    let (name, payload) = tokio::time::timeout(Duration::from_secs(5), s.inbound.recv())
+    let (name, payload) = tokio::time::timeout(WAIT, s.inbound.recv())
         .await
         .unwrap()
         .unwrap();
@@ -141,7 +139,7 @@ async fn authenticates_pings_and_sends_valid_metrics() {
         ))
         .await
         .unwrap();
-    s.tb.wait_for(Duration::from_secs(5), |tb| {
+    s.tb.wait_for(WAIT, |tb| {
         (tb.terminal(&session).unwrap().status == testbed::model::SessionStatus::Open).then_some(())
     })
     .await
@@ -152,23 +150,17 @@ async fn authenticates_pings_and_sends_valid_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_a_forced_disconnect() {
     let mut s = start(None).await;
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        s.status.wait_for(|st| st.authenticated),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    tokio::time::timeout(WAIT, s.status.wait_for(|st| st.authenticated))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(s.tb.disconnect_node(&s.node_id));
+    tokio::time::timeout(WAIT, s.status.wait_for(|st| !st.authenticated))
+        .await
+        .unwrap()
+        .unwrap();
     tokio::time::timeout(
-        Duration::from_secs(5),
-        s.status.wait_for(|st| !st.authenticated),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         s.status.wait_for(|st| st.authenticated && st.connects == 2),
     )
     .await
@@ -185,15 +177,18 @@ async fn rejected_credentials_back_off_and_say_why() {
     ))
     .await;
     // Generous: only a hang should fail this wait.
-    let st = tokio::time::timeout(
+    // (On a loaded machine an earlier attempt may time out first.)
+    tokio::time::timeout(
         Duration::from_secs(30),
-        s.status.wait_for(|st| st.last_error.is_some()),
+        s.status.wait_for(|st| {
+            st.last_error.as_deref().is_some_and(|e| {
+                e.contains("authentication error") && e.contains("Invalid agent token")
+            })
+        }),
     )
     .await
-    .unwrap()
-    .unwrap()
-    .clone();
-    assert!(st.last_error.unwrap().contains("Invalid agent token"));
+    .expect("the refusal is classified as an authentication error with the server's reason")
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     // 1 s, then 2 s (±20 %): at most three attempts in these ~3 s (a
     // slow machine makes fewer, never more).
