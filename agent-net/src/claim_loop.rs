@@ -47,7 +47,10 @@ pub struct ClaimSettings {
     pub wait: Duration,
     /// `request_timeout`.
     pub request_timeout: Duration,
-    pub max_concurrent: usize,
+    /// One permit per task that may run at once (`max_concurrent_tasks`);
+    /// shared with the dispatcher, whose tasks resumed after a restart hold
+    /// permits too.
+    pub slots: Arc<Semaphore>,
 }
 
 /// What `noderax-agent status` shows about claiming.
@@ -74,7 +77,7 @@ pub async fn run<S: TaskSink>(
     status: watch::Sender<ClaimStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
+    let slots = settings.slots.clone();
     let mut errors = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut denied = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
     let wait_ms = settings.wait.as_millis().min(30_000) as u32;

@@ -55,6 +55,8 @@ pub struct DispatchSettings {
     pub outbox_max_bytes: u64,
     /// `realtime_queue_size`: terminal events kept while the socket is down.
     pub terminal_queue: usize,
+    /// The claim loop's task slots: tasks resumed from disk take theirs.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// What `status` shows about tasks and terminals.
@@ -353,6 +355,10 @@ impl Dispatcher {
                 }
             ));
             let running = matches!(phase, Phase::Handed);
+            // A task still running in the executor counts against the limit.
+            let slot = running
+                .then(|| self.s.slots.clone().try_acquire_owned().ok())
+                .flatten();
             self.tasks.insert(
                 id.clone(),
                 Task {
@@ -360,7 +366,7 @@ impl Dispatcher {
                     journal: Arc::new(Mutex::new(journal)),
                     wake: Arc::new(Notify::new()),
                     phase,
-                    slot: None,
+                    slot,
                     control: None,
                     reporter: None,
                     delivered: false,

@@ -73,7 +73,7 @@ async fn start(config: TestbedConfig, max_concurrent: usize, wait: Duration) -> 
     let settings = ClaimSettings {
         wait,
         request_timeout: Duration::from_secs(5),
-        max_concurrent,
+        slots: Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
     };
     let task = tokio::spawn(claim_loop::run(
         client,

@@ -253,6 +253,9 @@ async fn serve(
     let (session_tx, session_status) = watch::channel(SessionStatus::default());
     let (socket_up_tx, socket_up) = watch::channel(false);
     let (dispatch_tx, dispatch_status) = watch::channel(DispatchStatus::default());
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        cfg.max_concurrent_tasks.max(1) as usize
+    ));
     let (sink, dispatcher) = dispatcher::start(
         DispatchSettings {
             state: state.clone(),
@@ -261,6 +264,7 @@ async fn serve(
             control_interval: control_watch::INTERVAL,
             outbox_max_bytes: cfg.outbox_max_bytes,
             terminal_queue: cfg.realtime_queue_size as usize,
+            slots: slots.clone(),
         },
         client.clone(),
         link,
@@ -279,7 +283,7 @@ async fn serve(
         ClaimSettings {
             wait: cfg.task_poll_interval,
             request_timeout: cfg.request_timeout,
-            max_concurrent: cfg.max_concurrent_tasks as usize,
+            slots,
         },
         Arc::new(sink),
         root.clone(),
