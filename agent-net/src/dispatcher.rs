@@ -127,6 +127,36 @@ struct Task {
     cancel_reason: Option<String>,
 }
 
+impl Task {
+    fn new(
+        dir: PathBuf,
+        journal: TaskJournal,
+        phase: Phase,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        Self {
+            dir,
+            journal: Arc::new(Mutex::new(journal)),
+            wake: Arc::new(Notify::new()),
+            phase,
+            slot,
+            control: None,
+            reporter: None,
+            delivered: false,
+            gone_on_server: false,
+            cancel_reason: None,
+        }
+    }
+
+    /// Changes the task's `task.json`.
+    fn update_record(&self, change: impl FnOnce(&mut TaskRecord)) -> std::io::Result<()> {
+        let mut r = TaskRecord::load(&self.dir)?
+            .ok_or_else(|| std::io::Error::other("task.json is missing"))?;
+        change(&mut r);
+        r.save(&self.dir)
+    }
+}
+
 /// The dispatcher's state; [`run`] drives it.
 struct Dispatcher {
     s: DispatchSettings,
@@ -359,21 +389,8 @@ impl Dispatcher {
             let slot = running
                 .then(|| self.s.slots.clone().try_acquire_owned().ok())
                 .flatten();
-            self.tasks.insert(
-                id.clone(),
-                Task {
-                    dir: path,
-                    journal: Arc::new(Mutex::new(journal)),
-                    wake: Arc::new(Notify::new()),
-                    phase,
-                    slot,
-                    control: None,
-                    reporter: None,
-                    delivered: false,
-                    gone_on_server: false,
-                    cancel_reason: None,
-                },
-            );
+            self.tasks
+                .insert(id.clone(), Task::new(path, journal, phase, slot));
             self.spawn_reporter(&id);
             if running {
                 self.spawn_control(&id);
@@ -423,20 +440,10 @@ impl Dispatcher {
                 return;
             }
         };
+        // `Exited` until the spec is known: a task that cannot run never runs.
         self.tasks.insert(
             id.clone(),
-            Task {
-                dir,
-                journal: Arc::new(Mutex::new(journal)),
-                wake: Arc::new(Notify::new()),
-                phase: Phase::Exited,
-                slot: Some(slot),
-                control: None,
-                reporter: None,
-                delivered: false,
-                gone_on_server: false,
-                cancel_reason: None,
-            },
+            Task::new(dir, journal, Phase::Exited, Some(slot)),
         );
         self.spawn_reporter(&id);
         match task_spec::spec_for(&task, self.s.default_timeout) {
@@ -552,12 +559,7 @@ impl Dispatcher {
         let Some(t) = self.tasks.get_mut(id) else {
             return;
         };
-        let saved = TaskRecord::load(&t.dir).and_then(|r| {
-            let mut r = r.ok_or_else(|| std::io::Error::other("task.json is missing"))?;
-            r.exit = Some(exit.clone());
-            r.save(&t.dir)
-        });
-        if let Err(e) = saved {
+        if let Err(e) = t.update_record(|r| r.exit = Some(exit.clone())) {
             log::error(format_args!(
                 "task {id}: storing its exit in {} failed: {e}; the completion is sent once this is fixed and the agent restarts",
                 t.dir.display()
@@ -621,12 +623,7 @@ impl Dispatcher {
                     "task {id}: stopping it without a completion: {why}"
                 ));
                 t.gone_on_server = true;
-                let ended = TaskRecord::load(&t.dir).and_then(|r| {
-                    let mut r = r.ok_or_else(|| std::io::Error::other("task.json is missing"))?;
-                    r.ended = Some(why.clone());
-                    r.save(&t.dir)
-                });
-                if let Err(e) = ended {
+                if let Err(e) = t.update_record(|r| r.ended = Some(why.clone())) {
                     log::error(format_args!("task {id}: recording its end failed: {e}"));
                 }
                 if let Some(r) = t.reporter.take() {
