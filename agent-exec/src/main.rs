@@ -80,7 +80,8 @@ struct Cli {
     )]
     helper: PathBuf,
     /// Most root access this host allows (config key root_access_ceiling);
-    /// package changes need one that includes `operational`.
+    /// package changes need one that includes `operational`, as does the
+    /// profile each task is handed over with.
     #[arg(long, value_name = "PROFILE")]
     root_access_ceiling: Option<String>,
 }

@@ -29,7 +29,8 @@ pub struct Settings {
     pub sudo: PathBuf,
     /// The root helper (`noderax-agent-priv`).
     pub helper: PathBuf,
-    /// The most root access this host allows; package changes need `operational`.
+    /// The most root access this host allows; package changes need
+    /// `operational` here and in the profile their `RunTask` carries.
     pub root_access_ceiling: RootProfile,
     /// Who the executor runs as (for the child environment).
     pub user: User,
