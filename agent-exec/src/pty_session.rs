@@ -14,7 +14,8 @@
 //! (new session, the PTY is the controlling terminal: job control, Ctrl-C
 //! reaches the foreground job), [`PtyMode::NoControllingTty`] (own process
 //! group only), [`PtyMode::Minimal`]. A reduced mode is logged and reported
-//! in `TerminalOpened`.
+//! in `TerminalOpened`. Debug builds can be told to refuse modes
+//! (`--test-refuse-pty-mode`) so the tests exercise the fallbacks.
 //!
 //! Output is flushed every 25 ms or as soon as 1 KiB is pending, in events
 //! of at most [`MAX_EVENT_BYTES`] (65 536 base64 characters); after 25 ms
@@ -128,7 +129,20 @@ pub fn resize(master: &OwnedFd, cols: u16, rows: u16) -> io::Result<()> {
     cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) }).map(|_| ())
 }
 
+/// How a start refused on purpose fails: EPERM, what a host (container,
+/// seccomp policy) that does not allow the step typically answers. Builds
+/// the error from a number only, so it is safe between fork and exec.
+fn refused() -> io::Error {
+    io::Error::from_raw_os_error(libc::EPERM)
+}
+
 /// Starts `<shell> -i` on a new PTY in `mode`.
+///
+/// `refuse` is a test hook ([`crate::settings::Settings::pty_mode_refused`],
+/// never true in release builds): the start then fails in the child, at the
+/// step a host that does not allow the mode would refuse, so the fallback
+/// goes through the same failure path (spawn error, child reaped, PTY
+/// closed) as it would in production.
 pub fn spawn(
     shell: &str,
     env: &[(String, String)],
@@ -136,6 +150,7 @@ pub fn spawn(
     mode: PtyMode,
     cols: u16,
     rows: u16,
+    refuse: bool,
 ) -> io::Result<Spawned> {
     let (master, slave) = open_pty(cols, rows)?;
     let mut cmd = tokio::process::Command::new(shell);
@@ -148,21 +163,31 @@ pub fn spawn(
         .stderr(Stdio::from(slave))
         .kill_on_drop(false);
     match mode {
-        // SAFETY (all three closures): they run between fork and exec and
-        // only make async-signal-safe syscalls; nothing allocates or locks.
-        // The slave is already on fd 0 when they run.
+        // SAFETY (all closures): they run between fork and exec and only
+        // make async-signal-safe syscalls; nothing allocates or locks. The
+        // slave is already on fd 0 when they run.
         PtyMode::ControllingTty => unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 cvt(libc::setsid())?;
+                if refuse {
+                    // Where hosts that refuse this mode refuse it.
+                    return Err(refused());
+                }
                 cvt(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
                 Ok(())
             });
         },
         PtyMode::NoControllingTty => unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if refuse {
+                    return Err(refused());
+                }
                 cvt(libc::setpgid(0, 0))?;
                 Ok(())
             });
+        },
+        PtyMode::Minimal if refuse => unsafe {
+            cmd.pre_exec(|| Err(refused()));
         },
         PtyMode::Minimal => {}
     }
