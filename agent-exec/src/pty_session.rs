@@ -21,8 +21,9 @@
 //! of at most [`MAX_EVENT_BYTES`] (65 536 base64 characters); after 25 ms
 //! without an event the first bytes go out at once, so an echo is not
 //! delayed by the timer. Stopping kills
-//! the whole session (every job), and `TerminalExited` always carries an
-//! exit code.
+//! the whole session (every job; in the minimal mode, which has no group of
+//! its own, the shell's process tree), and `TerminalExited` always carries
+//! an exit code.
 
 use std::collections::VecDeque;
 use std::io;
@@ -201,22 +202,31 @@ pub fn spawn(
     })
 }
 
-/// Kills what belongs to the session, as far as the mode allows.
-pub fn kill(mode: PtyMode, pid: i32) {
-    match mode {
-        PtyMode::ControllingTty => {
-            let _ = process_group::signal(pid, libc::SIGKILL);
-            process_group::kill_session(pid);
-        }
-        PtyMode::NoControllingTty => {
-            let _ = process_group::signal(pid, libc::SIGKILL);
-        }
-        PtyMode::Minimal => {
-            if pid > 1 {
-                // SAFETY: plain syscall. The shell shares the executor's
-                // group in this mode, so only the shell itself can be hit.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+/// A session's shell, for killing what belongs to the session.
+#[derive(Debug, Clone, Copy)]
+struct Shell {
+    mode: PtyMode,
+    pid: i32,
+    /// Its exit status was collected: the pid may name another process now.
+    reaped: bool,
+}
+
+impl Shell {
+    /// Kills what belongs to the session, as far as the mode allows.
+    fn kill(&self) {
+        match self.mode {
+            PtyMode::ControllingTty => {
+                let _ = process_group::signal(self.pid, libc::SIGKILL);
+                process_group::kill_session(self.pid);
             }
+            PtyMode::NoControllingTty => {
+                let _ = process_group::signal(self.pid, libc::SIGKILL);
+            }
+            // The shell shares the executor's group and session, so only its
+            // process tree can be told apart, and only while the shell is
+            // unreaped; after that what it left behind is out of reach.
+            PtyMode::Minimal if !self.reaped => process_group::kill_tree(self.pid),
+            PtyMode::Minimal => {}
         }
     }
 }
@@ -243,8 +253,7 @@ fn fail_session(
     registry: &Registry,
     session_id: &str,
     stop_reason: &mut Option<String>,
-    mode: PtyMode,
-    pid: i32,
+    shell: Shell,
     message: String,
 ) {
     registry.send(ExecMessage::TerminalError {
@@ -252,7 +261,7 @@ fn fail_session(
         message: message.clone(),
     });
     stop_reason.get_or_insert(message);
-    kill(mode, pid);
+    shell.kill();
 }
 
 struct Output<'a> {
@@ -291,6 +300,11 @@ pub async fn serve(
         mode,
         pid,
     } = spawned;
+    let mut shell = Shell {
+        mode,
+        pid,
+        reaped: false,
+    };
     // SAFETY: an OwnedFd always returns the same open fd, and the AsyncFd
     // owns it for its whole life.
     let registered =
@@ -298,7 +312,7 @@ pub async fn serve(
     let master = match registered {
         Ok(m) => m,
         Err(e) => {
-            kill(mode, pid);
+            shell.kill();
             let _ = child.wait().await;
             return (-1, format!("terminal could not be watched: {e}"));
         }
@@ -360,7 +374,7 @@ pub async fn serve(
             }
             msg = control.recv(), if controls_open => match msg {
                 Some(Control::Input(bytes)) if input.len() + bytes.len() > MAX_PENDING_INPUT => {
-                    fail_session(registry, session_id, &mut stop_reason, mode, pid, format!(
+                    fail_session(registry, session_id, &mut stop_reason, shell, format!(
                         "terminal input is not being read: more than {MAX_PENDING_INPUT} bytes are waiting"
                     ));
                     input.clear();
@@ -373,21 +387,22 @@ pub async fn serve(
                 }
                 Some(Control::Resize { cols, rows }) => {
                     if let Err(e) = resize(master.get_ref(), cols, rows) {
-                        fail_session(registry, session_id, &mut stop_reason, mode, pid, format!(
+                        fail_session(registry, session_id, &mut stop_reason, shell, format!(
                             "terminal resize to {cols}x{rows} failed: {e}"
                         ));
                     }
                 }
                 Some(Control::Stop(reason)) => {
                     stop_reason.get_or_insert_with(|| reason.unwrap_or_else(|| "terminal session stopped".into()));
-                    kill(mode, pid);
+                    shell.kill();
                 }
                 None => controls_open = false,
             },
             s = child.wait(), if status.is_none() => {
                 status = Some(s);
+                shell.reaped = true;
                 // Whatever still runs in the session would be unsupervised.
-                kill(mode, pid);
+                shell.kill();
                 drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
             }
             _ = tokio::time::sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() => {

@@ -9,9 +9,11 @@
 mod common;
 
 use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
 
 use common::term::{
-    input, open, proc_stat, process_tree, read_until, run_line, shell_pid, wait_exited, wait_opened,
+    Proc, close, input, open, proc_stat, process_tree, read_until, run_line, shell_pid,
+    still_running, wait_exited, wait_opened,
 };
 use common::{Client, Exec};
 use shared::ipc::{ExecMessage, NetMessage, PtyMode};
@@ -51,6 +53,20 @@ fn input_and_output_work(c: &mut Client) {
         b"read line; echo \"read:$line:$((1+1))\"\nhello there\n",
     );
     read_until(c, SID, |t| t.contains("read:hello there:2"));
+}
+
+/// Waits (up to 30 s, only so a broken run does not hang) until the shell
+/// `pid` has at least `n` processes in its tree, itself included.
+fn wait_tree(pid: i32, n: usize) -> Vec<Proc> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let tree = process_tree(pid);
+        if tree.len() >= n {
+            return tree;
+        }
+        assert!(Instant::now() < deadline, "only {tree:?} started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -135,6 +151,45 @@ fn with_both_refused_the_minimal_mode_still_works() {
         wait_exited(&mut c, SID),
         (0, Some("terminal session exited".to_owned()))
     );
+}
+
+#[test]
+fn stop_kills_the_shell_and_its_jobs_in_every_mode() {
+    for (refused, mode) in [
+        (&[][..], PtyMode::ControllingTty),
+        (&["ctty"][..], PtyMode::NoControllingTty),
+        (&["ctty", "no-ctty"][..], PtyMode::Minimal),
+    ] {
+        let exec = start(refused);
+        let mut c = exec.connect();
+        open(&mut c, SID, 80, 24);
+        assert_eq!(wait_opened(&mut c, SID), mode);
+        let pid = shell_pid(&mut c, SID);
+        // Two background jobs and one in the foreground.
+        run_line(
+            &mut c,
+            SID,
+            "sleep 1000 & sleep 1001 & echo bg-$((7*6)); sleep 1002",
+            "bg-42",
+        );
+        let tree = wait_tree(pid, 4);
+        close(&mut c, SID, "Operator requested stop");
+        let (code, reason) = wait_exited(&mut c, SID);
+        assert_eq!(code, -1, "{mode:?}");
+        assert_eq!(reason.as_deref(), Some("Operator requested stop"));
+        assert_eq!(
+            still_running(&tree),
+            Vec::new(),
+            "{mode:?}: left running after stop"
+        );
+
+        // The executor (which shares its group with a minimal shell) is
+        // untouched and still serves terminals in that mode.
+        assert!(proc_stat(exec.child.id() as i32).is_some());
+        open(&mut c, SID, 80, 24);
+        assert_eq!(wait_opened(&mut c, SID), mode);
+        run_line(&mut c, SID, "echo again-$((6*7))", "again-42");
+    }
 }
 
 #[test]
