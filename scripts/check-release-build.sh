@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 version="${1:-0.0.0-release-check}"
 NODERAX_VERSION="$version" cargo build --release --workspace --locked
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 fail=0
 check() {
     local got="$1" want="$2"
@@ -24,6 +24,17 @@ check "$("$bin/noderax-agent-priv" version | cut -d' ' -f1-2)" "noderax-agent-pr
 # only; their strings must not be in the release binary.
 if grep -q -a -e "injected failure before the switch" -e "fake apt-get: " "$bin/noderax-agent-priv"; then
     echo "release check: test-only code is compiled into noderax-agent-priv" >&2
+    fail=1
+fi
+# The executor's test hook (--test-refuse-pty-mode: terminal start modes made
+# to fail) exists only in builds with debug assertions. The release binary
+# must neither accept the option nor contain its strings.
+if "$bin/noderax-agent-exec" --test-refuse-pty-mode ctty --version >/dev/null 2>&1; then
+    echo "release check: noderax-agent-exec accepts the test-only --test-refuse-pty-mode" >&2
+    fail=1
+fi
+if grep -q -a -e "test-refuse-pty-mode" -e "expected ctty, no-ctty or minimal" "$bin/noderax-agent-exec"; then
+    echo "release check: test-only code is compiled into noderax-agent-exec" >&2
     fail=1
 fi
 ls -l "$bin/noderax-agent" "$bin/noderax-agent-exec" "$bin/noderax-agent-priv"

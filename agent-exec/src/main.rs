@@ -80,10 +80,45 @@ struct Cli {
     )]
     helper: PathBuf,
     /// Most root access this host allows (config key root_access_ceiling);
-    /// package changes need one that includes `operational`.
+    /// package changes need one that includes `operational`, as does the
+    /// profile each task is handed over with.
     #[arg(long, value_name = "PROFILE")]
     root_access_ceiling: Option<String>,
+    #[command(flatten)]
+    test_hooks: TestHooks,
 }
+
+/// Options for the integration tests only. They exist in debug builds
+/// alone: a release binary has none of them and cannot be made to behave
+/// differently (scripts/check-release-build.sh checks for their names).
+#[cfg(debug_assertions)]
+#[derive(Debug, clap::Args)]
+struct TestHooks {
+    /// TEST ONLY: make this terminal start mode fail (ctty, no-ctty,
+    /// minimal) to exercise the fallbacks; repeat for several.
+    #[arg(
+        long = "test-refuse-pty-mode",
+        value_name = "MODE",
+        value_parser = parse_pty_mode,
+        hide = true
+    )]
+    refuse_pty_modes: Vec<shared::ipc::PtyMode>,
+}
+
+#[cfg(debug_assertions)]
+fn parse_pty_mode(s: &str) -> Result<shared::ipc::PtyMode, String> {
+    use shared::ipc::PtyMode;
+    match s {
+        "ctty" => Ok(PtyMode::ControllingTty),
+        "no-ctty" => Ok(PtyMode::NoControllingTty),
+        "minimal" => Ok(PtyMode::Minimal),
+        _ => Err("expected ctty, no-ctty or minimal".into()),
+    }
+}
+
+#[cfg(not(debug_assertions))]
+#[derive(Debug, clap::Args)]
+struct TestHooks {}
 
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
     let defaults = Config::default();
@@ -134,6 +169,8 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
             .filter(|s| !s.is_empty())
             .or_else(|| user.shell.clone()),
         user,
+        #[cfg(debug_assertions)]
+        test_refuse_pty_modes: cli.test_hooks.refuse_pty_modes.clone(),
     })
 }
 

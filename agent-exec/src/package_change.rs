@@ -3,11 +3,13 @@
 //!
 //! The executor never runs apt itself. It validates every name with
 //! [`shared::validate::package_name`] (an allow-list) before anything runs,
-//! removes duplicates (§13 item 23), re-checks that this host allows the
-//! `operational` root scope, and then runs exactly
+//! removes duplicates (§13 item 23), re-checks that both the applied root
+//! profile and this host's ceiling allow the `operational` scope, and then
+//! runs exactly
 //! `sudo -n <helper> apt <install|remove|purge> -- NAME...` — argv only, no
 //! shell, no request file shared between tasks (§13 item 28). The helper
-//! sets its own environment (sudo resets ours, §13 item 24).
+//! sets its own environment (sudo resets ours, §13 item 24). An update
+//! hand-off passes the same root-profile check before its `sudo` runs.
 
 use std::path::Path;
 
@@ -23,17 +25,31 @@ pub fn op_word(op: PackageOp) -> &'static str {
     }
 }
 
-/// Refuses root operations when this host's ceiling does not include the
-/// `operational` scope (ARCHITECTURE.md §9).
-pub fn check_operational(ceiling: RootProfile) -> Result<(), String> {
-    if ceiling.scopes().operational {
-        Ok(())
-    } else {
-        Err(format!(
-            "unsupported execution environment: current root access profile does not allow operational scope (this host's root_access_ceiling is {})",
-            ceiling.as_str()
-        ))
-    }
+/// Refuses root operations unless both sides allow the `operational` scope
+/// (ARCHITECTURE.md §9): the profile agent-net applied from the control
+/// plane's desired one (sent with every `RunTask`), and this host's own
+/// ceiling. agent-net already narrows the first by the second; checking both
+/// here means neither a stale or wrong profile from the network process nor
+/// a lowered ceiling can be bypassed. The message names the side(s) that
+/// refuse, so an operator knows whom to ask.
+pub fn check_operational(applied: RootProfile, ceiling: RootProfile) -> Result<(), String> {
+    let from_control_plane = || {
+        format!(
+            "the root access profile applied from the control plane is {applied}; an administrator must give this node a profile that includes operational"
+        )
+    };
+    let from_host = || {
+        format!("this host's root_access_ceiling is {ceiling}; only the host owner can raise it")
+    };
+    let why = match (applied.scopes().operational, ceiling.scopes().operational) {
+        (true, true) => return Ok(()),
+        (false, true) => from_control_plane(),
+        (true, false) => from_host(),
+        (false, false) => format!("{}, and {}", from_control_plane(), from_host()),
+    };
+    Err(format!(
+        "unsupported execution environment: current root access profile does not allow operational scope ({why})"
+    ))
 }
 
 /// Most names in one operation; the root helper refuses more.
@@ -173,11 +189,34 @@ mod tests {
     }
 
     #[test]
-    fn the_ceiling_gates_operational_work() {
-        assert!(check_operational(RootProfile::Operational).is_ok());
-        assert!(check_operational(RootProfile::All).is_ok());
-        let err = check_operational(RootProfile::Off).unwrap_err();
+    fn both_the_applied_profile_and_the_ceiling_gate_operational_work() {
+        use RootProfile::*;
+        for applied in RootProfile::ALL {
+            for ceiling in RootProfile::ALL {
+                let allowed = applied.scopes().operational && ceiling.scopes().operational;
+                assert_eq!(
+                    check_operational(applied, ceiling).is_ok(),
+                    allowed,
+                    "{applied} / {ceiling}"
+                );
+            }
+        }
+        let err = check_operational(Off, Operational).unwrap_err();
         assert!(err.contains("does not allow operational scope"), "{err}");
+        assert!(
+            err.contains("applied from the control plane is off"),
+            "{err}"
+        );
+        assert!(!err.contains("root_access_ceiling"), "{err}");
+        let err = check_operational(All, Task).unwrap_err();
+        assert!(err.contains("root_access_ceiling is task"), "{err}");
+        assert!(!err.contains("control plane"), "{err}");
+        let err = check_operational(Terminal, Off).unwrap_err();
+        assert!(
+            err.contains("applied from the control plane is terminal"),
+            "{err}"
+        );
+        assert!(err.contains("root_access_ceiling is off"), "{err}");
     }
 
     #[test]

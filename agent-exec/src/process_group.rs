@@ -77,6 +77,91 @@ pub fn session_members(sid: i32) -> Vec<i32> {
     out
 }
 
+/// Sends SIGKILL to `pid` and every descendant of it (found in /proc by
+/// their parent links).
+///
+/// For a process without a group or session of its own (a terminal shell
+/// started in the minimal mode shares the executor's) this is the only way
+/// to reach what it started. The tree is stopped first, walk after walk
+/// until no new member turns up: a stopped process can neither fork a child
+/// the walk misses nor die and hand its children to init before they are
+/// found. Best effort all the same: whatever left the tree before (a double
+/// fork) is out of reach. `pid` must be a child the caller has not reaped
+/// yet, or it may name an unrelated process.
+pub fn kill_tree(pid: i32) {
+    // SAFETY: getpid cannot fail.
+    let own = unsafe { libc::getpid() };
+    if pid <= 1 || pid == own {
+        return;
+    }
+    let mut stopped: Vec<i32> = Vec::new();
+    // Bounded, so a process that forks without end cannot keep us here;
+    // SIGSTOP is pending for each member found, so forks end quickly.
+    for _ in 0..32 {
+        let new: Vec<i32> = tree(pid, own)
+            .into_iter()
+            .filter(|p| !stopped.contains(p))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        for p in new {
+            // SAFETY: plain syscall; the pid was read from /proc just now
+            // and, being in the tree, is not reaped by anyone but its parent.
+            unsafe { libc::kill(p, libc::SIGSTOP) };
+            stopped.push(p);
+        }
+    }
+    for p in stopped {
+        // SAFETY: as above; a stopped process stays in the tree.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+}
+
+/// `root` and its live descendants, never `own` (the executor).
+fn tree(root: i32, own: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    // (pid, ppid) of every live process.
+    let mut procs: Vec<(i32, i32)> = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // state ppid ...
+        if fields.len() > 1
+            && fields[0] != "Z"
+            && let Ok(ppid) = fields[1].parse::<i32>()
+        {
+            procs.push((pid, ppid));
+        }
+    }
+    let mut out: Vec<i32> = procs
+        .iter()
+        .filter(|(pid, _)| *pid == root)
+        .map(|(pid, _)| *pid)
+        .collect();
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        for (pid, ppid) in &procs {
+            if *ppid == parent && *pid != own && !out.contains(pid) {
+                out.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Name of a signal for messages (`SIGKILL`), or its number.
 pub fn signal_name(sig: i32) -> String {
     let name = match sig {
@@ -106,6 +191,48 @@ mod tests {
         assert!(signal(0, 0).is_err());
         assert!(signal(1, 0).is_err());
         assert!(signal(-5, 0).is_err());
+    }
+
+    #[test]
+    fn kill_tree_reaches_grandchildren_but_never_the_caller() {
+        use std::os::unix::process::CommandExt;
+        // Not this test process's own child group: the shell's children
+        // stay in the tree through their parent links alone.
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 1000 & sleep 1001 & echo started; wait"])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let pid = child.id() as i32;
+        // SAFETY: getpid cannot fail.
+        let own = unsafe { libc::getpid() };
+        let members = tree(pid, own);
+        assert_eq!(members.len(), 3, "{members:?}");
+        assert_eq!(members[0], pid);
+        // The walk never includes the caller, even from its parent down.
+        // SAFETY: getppid cannot fail.
+        assert!(!tree(unsafe { libc::getppid() }, own).contains(&own));
+        kill_tree(pid);
+        child.wait().unwrap();
+        // The sleeps were reparented when the shell died; once killed they
+        // are gone (or zombies of init, which /proc shows as state Z).
+        for p in &members[1..] {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+            }) {
+                assert!(std::time::Instant::now() < deadline, "{p} survived");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
     }
 
     #[test]

@@ -14,14 +14,16 @@
 //! (new session, the PTY is the controlling terminal: job control, Ctrl-C
 //! reaches the foreground job), [`PtyMode::NoControllingTty`] (own process
 //! group only), [`PtyMode::Minimal`]. A reduced mode is logged and reported
-//! in `TerminalOpened`.
+//! in `TerminalOpened`. Debug builds can be told to refuse modes
+//! (`--test-refuse-pty-mode`) so the tests exercise the fallbacks.
 //!
 //! Output is flushed every 25 ms or as soon as 1 KiB is pending, in events
 //! of at most [`MAX_EVENT_BYTES`] (65 536 base64 characters); after 25 ms
 //! without an event the first bytes go out at once, so an echo is not
 //! delayed by the timer. Stopping kills
-//! the whole session (every job), and `TerminalExited` always carries an
-//! exit code.
+//! the whole session (every job; in the minimal mode, which has no group of
+//! its own, the shell's process tree), and `TerminalExited` always carries
+//! an exit code.
 
 use std::collections::VecDeque;
 use std::io;
@@ -128,7 +130,20 @@ pub fn resize(master: &OwnedFd, cols: u16, rows: u16) -> io::Result<()> {
     cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) }).map(|_| ())
 }
 
+/// How a start refused on purpose fails: EPERM, what a host (container,
+/// seccomp policy) that does not allow the step typically answers. Builds
+/// the error from a number only, so it is safe between fork and exec.
+fn refused() -> io::Error {
+    io::Error::from_raw_os_error(libc::EPERM)
+}
+
 /// Starts `<shell> -i` on a new PTY in `mode`.
+///
+/// `refuse` is a test hook ([`crate::settings::Settings::pty_mode_refused`],
+/// never true in release builds): the start then fails in the child, at the
+/// step a host that does not allow the mode would refuse, so the fallback
+/// goes through the same failure path (spawn error, child reaped, PTY
+/// closed) as it would in production.
 pub fn spawn(
     shell: &str,
     env: &[(String, String)],
@@ -136,6 +151,7 @@ pub fn spawn(
     mode: PtyMode,
     cols: u16,
     rows: u16,
+    refuse: bool,
 ) -> io::Result<Spawned> {
     let (master, slave) = open_pty(cols, rows)?;
     let mut cmd = tokio::process::Command::new(shell);
@@ -148,21 +164,31 @@ pub fn spawn(
         .stderr(Stdio::from(slave))
         .kill_on_drop(false);
     match mode {
-        // SAFETY (all three closures): they run between fork and exec and
-        // only make async-signal-safe syscalls; nothing allocates or locks.
-        // The slave is already on fd 0 when they run.
+        // SAFETY (all closures): they run between fork and exec and only
+        // make async-signal-safe syscalls; nothing allocates or locks. The
+        // slave is already on fd 0 when they run.
         PtyMode::ControllingTty => unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 cvt(libc::setsid())?;
+                if refuse {
+                    // Where hosts that refuse this mode refuse it.
+                    return Err(refused());
+                }
                 cvt(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
                 Ok(())
             });
         },
         PtyMode::NoControllingTty => unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if refuse {
+                    return Err(refused());
+                }
                 cvt(libc::setpgid(0, 0))?;
                 Ok(())
             });
+        },
+        PtyMode::Minimal if refuse => unsafe {
+            cmd.pre_exec(|| Err(refused()));
         },
         PtyMode::Minimal => {}
     }
@@ -176,22 +202,31 @@ pub fn spawn(
     })
 }
 
-/// Kills what belongs to the session, as far as the mode allows.
-pub fn kill(mode: PtyMode, pid: i32) {
-    match mode {
-        PtyMode::ControllingTty => {
-            let _ = process_group::signal(pid, libc::SIGKILL);
-            process_group::kill_session(pid);
-        }
-        PtyMode::NoControllingTty => {
-            let _ = process_group::signal(pid, libc::SIGKILL);
-        }
-        PtyMode::Minimal => {
-            if pid > 1 {
-                // SAFETY: plain syscall. The shell shares the executor's
-                // group in this mode, so only the shell itself can be hit.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+/// A session's shell, for killing what belongs to the session.
+#[derive(Debug, Clone, Copy)]
+struct Shell {
+    mode: PtyMode,
+    pid: i32,
+    /// Its exit status was collected: the pid may name another process now.
+    reaped: bool,
+}
+
+impl Shell {
+    /// Kills what belongs to the session, as far as the mode allows.
+    fn kill(&self) {
+        match self.mode {
+            PtyMode::ControllingTty => {
+                let _ = process_group::signal(self.pid, libc::SIGKILL);
+                process_group::kill_session(self.pid);
             }
+            PtyMode::NoControllingTty => {
+                let _ = process_group::signal(self.pid, libc::SIGKILL);
+            }
+            // The shell shares the executor's group and session, so only its
+            // process tree can be told apart, and only while the shell is
+            // unreaped; after that what it left behind is out of reach.
+            PtyMode::Minimal if !self.reaped => process_group::kill_tree(self.pid),
+            PtyMode::Minimal => {}
         }
     }
 }
@@ -218,8 +253,7 @@ fn fail_session(
     registry: &Registry,
     session_id: &str,
     stop_reason: &mut Option<String>,
-    mode: PtyMode,
-    pid: i32,
+    shell: Shell,
     message: String,
 ) {
     registry.send(ExecMessage::TerminalError {
@@ -227,7 +261,7 @@ fn fail_session(
         message: message.clone(),
     });
     stop_reason.get_or_insert(message);
-    kill(mode, pid);
+    shell.kill();
 }
 
 struct Output<'a> {
@@ -266,6 +300,11 @@ pub async fn serve(
         mode,
         pid,
     } = spawned;
+    let mut shell = Shell {
+        mode,
+        pid,
+        reaped: false,
+    };
     // SAFETY: an OwnedFd always returns the same open fd, and the AsyncFd
     // owns it for its whole life.
     let registered =
@@ -273,7 +312,7 @@ pub async fn serve(
     let master = match registered {
         Ok(m) => m,
         Err(e) => {
-            kill(mode, pid);
+            shell.kill();
             let _ = child.wait().await;
             return (-1, format!("terminal could not be watched: {e}"));
         }
@@ -335,7 +374,7 @@ pub async fn serve(
             }
             msg = control.recv(), if controls_open => match msg {
                 Some(Control::Input(bytes)) if input.len() + bytes.len() > MAX_PENDING_INPUT => {
-                    fail_session(registry, session_id, &mut stop_reason, mode, pid, format!(
+                    fail_session(registry, session_id, &mut stop_reason, shell, format!(
                         "terminal input is not being read: more than {MAX_PENDING_INPUT} bytes are waiting"
                     ));
                     input.clear();
@@ -348,21 +387,22 @@ pub async fn serve(
                 }
                 Some(Control::Resize { cols, rows }) => {
                     if let Err(e) = resize(master.get_ref(), cols, rows) {
-                        fail_session(registry, session_id, &mut stop_reason, mode, pid, format!(
+                        fail_session(registry, session_id, &mut stop_reason, shell, format!(
                             "terminal resize to {cols}x{rows} failed: {e}"
                         ));
                     }
                 }
                 Some(Control::Stop(reason)) => {
                     stop_reason.get_or_insert_with(|| reason.unwrap_or_else(|| "terminal session stopped".into()));
-                    kill(mode, pid);
+                    shell.kill();
                 }
                 None => controls_open = false,
             },
             s = child.wait(), if status.is_none() => {
                 status = Some(s);
+                shell.reaped = true;
                 // Whatever still runs in the session would be unsupervised.
-                kill(mode, pid);
+                shell.kill();
                 drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
             }
             _ = tokio::time::sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() => {

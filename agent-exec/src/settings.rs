@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shared::api::RootProfile;
+use shared::ipc::PtyMode;
 
 use crate::child_env::User;
 use crate::output_buffer::Bounds;
@@ -29,18 +30,36 @@ pub struct Settings {
     pub sudo: PathBuf,
     /// The root helper (`noderax-agent-priv`).
     pub helper: PathBuf,
-    /// The most root access this host allows; package changes need `operational`.
+    /// The most root access this host allows; package changes need
+    /// `operational` here and in the profile their `RunTask` carries.
     pub root_access_ceiling: RootProfile,
     /// Who the executor runs as (for the child environment).
     pub user: User,
     /// First choice of terminal shell: `$SHELL` of the executor, else the
     /// user's login shell (PROTOCOL.md §9.4).
     pub login_shell: Option<String>,
+    /// Test hook, debug builds only (`--test-refuse-pty-mode`): terminal
+    /// start modes made to fail so the tests can exercise the fallbacks of
+    /// PROTOCOL.md §9.4 on a host where every mode works.
+    #[cfg(debug_assertions)]
+    pub test_refuse_pty_modes: Vec<PtyMode>,
 }
 
 impl Settings {
     /// Directory of spill files.
     pub fn spill_dir(&self) -> PathBuf {
         self.state_dir.join("output")
+    }
+
+    /// Whether a test asked for terminal start `mode` to fail. Always false
+    /// in release builds, which cannot be asked.
+    pub fn pty_mode_refused(&self, mode: PtyMode) -> bool {
+        #[cfg(debug_assertions)]
+        return self.test_refuse_pty_modes.contains(&mode);
+        #[cfg(not(debug_assertions))]
+        {
+            let _ = mode;
+            false
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shared::api::RootProfile;
 use shared::ipc::{ExecMessage, Outcome, OutputStream, RunTask, TaskExit, TaskSpec};
 use tokio::sync::mpsc;
 
@@ -15,7 +16,7 @@ use crate::child_env;
 use crate::process_runner::{self, Finished, Launch, Limits, Sink};
 use crate::settings::Settings;
 use crate::task_registry::{Registry, RegistryError};
-use crate::{package_change, package_list, package_search};
+use crate::{log, package_change, package_list, package_search};
 
 /// Default shell of `shell.exec` (PROTOCOL.md §7.2).
 pub const DEFAULT_SHELL: &str = "/bin/sh";
@@ -47,7 +48,7 @@ pub fn start(
         task_id,
         spec,
         timeout,
-        root_profile: _,
+        root_profile,
     } = request;
     let cancel = registry.insert(
         &task_id,
@@ -58,7 +59,16 @@ pub fn start(
     let registry = registry.clone();
     let settings = settings.clone();
     tokio::spawn(async move {
-        let exit = run(&registry, &settings, &task_id, spec, timeout, cancel).await;
+        let exit = run(
+            &registry,
+            &settings,
+            &task_id,
+            spec,
+            timeout,
+            root_profile,
+            cancel,
+        )
+        .await;
         registry.finish(exit);
     });
     Ok(())
@@ -83,6 +93,7 @@ async fn run(
     task_id: &str,
     spec: TaskSpec,
     timeout: Duration,
+    root_profile: RootProfile,
     mut cancel: mpsc::UnboundedReceiver<String>,
 ) -> TaskExit {
     if timeout.is_zero() {
@@ -91,7 +102,7 @@ async fn run(
             "invalid task payload: the timeout must be longer than zero".into(),
         );
     }
-    let plan = match plan(settings, spec) {
+    let plan = match plan(settings, spec, root_profile) {
         Ok(p) => p,
         Err(e) => return failed(task_id, e),
     };
@@ -209,8 +220,18 @@ fn helper_launch(settings: &Settings, args: Vec<String>) -> Launch {
     }
 }
 
-/// Checks a spec and decides what to run.
-fn plan(settings: &Settings, spec: TaskSpec) -> Result<Plan, String> {
+/// Refuses a root operation (before anything runs, so `sudo` is never
+/// invoked) unless the applied profile and this host's ceiling both allow
+/// the operational scope. Logged: a refused root operation is worth a look.
+fn check_root(settings: &Settings, applied: RootProfile, what: &str) -> Result<(), String> {
+    package_change::check_operational(applied, settings.root_access_ceiling).inspect_err(|e| {
+        log::warn(&format!("refused {what}: {e}"));
+    })
+}
+
+/// Checks a spec and decides what to run. `root_profile` is the profile
+/// agent-net applied when it handed the task over.
+fn plan(settings: &Settings, spec: TaskSpec, root_profile: RootProfile) -> Result<Plan, String> {
     match spec {
         TaskSpec::Shell {
             command,
@@ -311,7 +332,12 @@ fn plan(settings: &Settings, spec: TaskSpec) -> Result<Plan, String> {
             }),
         }),
         TaskSpec::PackageChange { op, names } => {
-            package_change::check_operational(settings.root_access_ceiling)?;
+            // Checked first: without the scope the payload does not matter.
+            check_root(
+                settings,
+                root_profile,
+                &format!("apt {}", package_change::op_word(op)),
+            )?;
             let names = package_change::checked_names(&names)?;
             let what = format!("apt {} via the root helper", package_change::op_word(op));
             let args = package_change::apt_args(&settings.helper, op, &names);
@@ -329,6 +355,9 @@ fn plan(settings: &Settings, spec: TaskSpec) -> Result<Plan, String> {
             target_id,
             rollback,
         } => {
+            // Installing a release runs as root through the helper, so the
+            // same gate as for package changes applies (ARCHITECTURE.md §9).
+            check_root(settings, root_profile, "agent update hand-off")?;
             shared::validate::release_version(&version)
                 .map_err(|e| format!("invalid task payload: {e}"))?;
             shared::validate::uuid(&target_id)

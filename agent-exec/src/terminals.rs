@@ -202,7 +202,8 @@ impl Terminals {
                 PtyMode::NoControllingTty,
                 PtyMode::Minimal,
             ] {
-                match pty_session::spawn(&shell, &env, cwd, mode, cols, rows) {
+                let refuse = settings.pty_mode_refused(mode);
+                match pty_session::spawn(&shell, &env, cwd, mode, cols, rows, refuse) {
                     Ok(s) => {
                         spawned = Some(s);
                         break 'shells;

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Exec, task_id};
+use shared::api::RootProfile;
 use shared::api::task::{PackageListResult, PackageSearchResult, UpdateHandoff};
 use shared::ipc::{Outcome, PackageOp, TaskSpec};
 
@@ -209,6 +210,98 @@ fn hostile_names_are_rejected_before_sudo_would_run() {
     assert!(!log.exists());
 }
 
+/// Asserts a task was refused before any process started (so `sudo` never
+/// ran) and returns its error.
+fn refused_before_sudo(got: &common::Collected, sudo_log: &Path) -> String {
+    assert_eq!(got.exit().outcome, Outcome::Failed, "{got:?}");
+    assert_eq!(got.exit().exit_code, -1);
+    assert!(got.pid.is_none(), "a process was started: {got:?}");
+    assert!(!sudo_log.exists(), "sudo ran");
+    let err = got.exit().error.clone().unwrap();
+    assert!(
+        err.starts_with(
+            "unsupported execution environment: current root access profile does not allow operational scope"
+        ),
+        "{err}"
+    );
+    err
+}
+
+fn update(version: &str) -> TaskSpec {
+    TaskSpec::ApplyUpdate {
+        version: version.into(),
+        target_id: task_id(99),
+        rollback: false,
+    }
+}
+
+#[test]
+fn package_changes_need_an_applied_profile_that_allows_operational() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sudo, log) = fake_sudo(dir.path());
+    // This host's ceiling allows everything: only the applied profile decides.
+    let exec = Exec::start(&[
+        "--sudo",
+        sudo.to_str().unwrap(),
+        "--root-access-ceiling",
+        "all",
+    ]);
+    let mut c = exec.connect();
+    let mut n = 40;
+    for profile in RootProfile::ALL
+        .into_iter()
+        .filter(|p| !p.scopes().operational)
+    {
+        for op in [PackageOp::Install, PackageOp::Remove, PackageOp::Purge] {
+            n += 1;
+            c.run_with_profile(&task_id(n), change(op, &["nginx"]), MINUTE, profile);
+            let err = refused_before_sudo(&c.collect(&task_id(n)), &log);
+            assert!(
+                err.contains(&format!(
+                    "the root access profile applied from the control plane is {profile}"
+                )),
+                "{err}"
+            );
+            assert!(!err.contains("root_access_ceiling"), "{err}");
+        }
+    }
+    // The profile is checked before the names: nothing about a hostile name
+    // is even looked at.
+    n += 1;
+    c.run_with_profile(
+        &task_id(n),
+        change(PackageOp::Remove, &["$(id)"]),
+        MINUTE,
+        RootProfile::Off,
+    );
+    refused_before_sudo(&c.collect(&task_id(n)), &log);
+    assert!(
+        exec.log()
+            .contains("refused apt install: unsupported execution environment")
+    );
+
+    // Every profile that includes operational lets the helper run.
+    for profile in RootProfile::ALL
+        .into_iter()
+        .filter(|p| p.scopes().operational)
+    {
+        n += 1;
+        c.run_with_profile(
+            &task_id(n),
+            change(PackageOp::Install, &["nginx"]),
+            MINUTE,
+            profile,
+        );
+        let got = c.collect(&task_id(n));
+        assert_eq!(got.exit().outcome, Outcome::Success, "{profile}: {got:?}");
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "-n\n/usr/local/libexec/noderax-agent-priv\napt\ninstall\n--\nnginx\n"
+        );
+        std::fs::remove_file(&log).unwrap();
+    }
+}
+
 #[test]
 fn package_changes_are_refused_when_the_hosts_ceiling_is_off() {
     let dir = tempfile::tempdir().unwrap();
@@ -220,15 +313,92 @@ fn package_changes_are_refused_when_the_hosts_ceiling_is_off() {
         "off",
     ]);
     let mut c = exec.connect();
-    c.run(&task_id(30), change(PackageOp::Install, &["nginx"]), MINUTE);
-    let got = c.collect(&task_id(30));
-    assert_eq!(got.exit().outcome, Outcome::Failed);
-    assert!(
-        got.exit()
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("does not allow operational scope")
+    // Even a profile of `all` from the network process cannot go beyond the
+    // host's ceiling.
+    for (n, op) in [PackageOp::Install, PackageOp::Remove, PackageOp::Purge]
+        .into_iter()
+        .enumerate()
+    {
+        let id = task_id(30 + n as u32);
+        c.run_with_profile(&id, change(op, &["nginx"]), MINUTE, RootProfile::All);
+        let err = refused_before_sudo(&c.collect(&id), &log);
+        assert!(
+            err.contains("this host's root_access_ceiling is off"),
+            "{err}"
+        );
+        assert!(!err.contains("control plane"), "{err}");
+    }
+    // Both sides refuse: both are named.
+    c.run_with_profile(
+        &task_id(33),
+        change(PackageOp::Install, &["nginx"]),
+        MINUTE,
+        RootProfile::Off,
     );
-    assert!(!log.exists());
+    let err = refused_before_sudo(&c.collect(&task_id(33)), &log);
+    assert!(
+        err.contains("applied from the control plane is off")
+            && err.contains("root_access_ceiling is off"),
+        "{err}"
+    );
+}
+
+#[test]
+fn agent_updates_need_the_applied_profile_and_the_ceiling_to_allow_operational() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sudo, log) = fake_sudo(dir.path());
+    let exec = Exec::start(&["--sudo", sudo.to_str().unwrap()]);
+    let mut c = exec.connect();
+    for (n, profile) in RootProfile::ALL
+        .into_iter()
+        .filter(|p| !p.scopes().operational)
+        .enumerate()
+    {
+        let id = task_id(60 + n as u32);
+        c.run_with_profile(&id, update("1.0.3"), MINUTE, profile);
+        let got = c.collect(&id);
+        let err = refused_before_sudo(&got, &log);
+        assert!(
+            err.contains(&format!("applied from the control plane is {profile}")),
+            "{err}"
+        );
+        // No hand-off result for a refused update.
+        assert!(got.exit().result_json.is_none());
+    }
+    assert!(exec.log().contains("refused agent update hand-off"));
+
+    let exec = Exec::start(&[
+        "--sudo",
+        sudo.to_str().unwrap(),
+        "--root-access-ceiling",
+        "task_terminal",
+    ]);
+    let mut c = exec.connect();
+    c.run_with_profile(&task_id(70), update("1.0.3"), MINUTE, RootProfile::All);
+    let err = refused_before_sudo(&c.collect(&task_id(70)), &log);
+    assert!(
+        err.contains("this host's root_access_ceiling is task_terminal"),
+        "{err}"
+    );
+
+    // Allowed on both sides: the hand-off reaches the helper.
+    let exec = Exec::start(&[
+        "--sudo",
+        sudo.to_str().unwrap(),
+        "--root-access-ceiling",
+        "operational_terminal",
+    ]);
+    let mut c = exec.connect();
+    c.run_with_profile(
+        &task_id(71),
+        update("1.0.3"),
+        MINUTE,
+        RootProfile::OperationalTask,
+    );
+    let got = c.collect(&task_id(71));
+    assert_eq!(got.exit().outcome, Outcome::Success, "{got:?}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "-n\n/usr/local/libexec/noderax-agent-priv\nupdate\napply\n--version\n1.0.3\n"
+    );
 }

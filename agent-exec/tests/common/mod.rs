@@ -3,12 +3,15 @@
 
 #![allow(dead_code)]
 
+pub mod term;
+
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use shared::api::RootProfile;
 use shared::ipc::{
     self, ExecMessage, Hello, Inventory, NetMessage, OutputStream, RunTask, TaskExit, TaskSpec,
 };
@@ -132,12 +135,26 @@ impl Client {
         }
     }
 
+    /// Starts a task handed over with the `operational` root profile, the
+    /// one package changes and updates need.
     pub fn run(&mut self, task_id: &str, spec: TaskSpec, timeout: Duration) {
+        self.run_with_profile(task_id, spec, timeout, RootProfile::Operational);
+    }
+
+    /// Starts a task as agent-net would under `root_profile`, the profile it
+    /// applied from the control plane's desired one.
+    pub fn run_with_profile(
+        &mut self,
+        task_id: &str,
+        spec: TaskSpec,
+        timeout: Duration,
+        root_profile: RootProfile,
+    ) {
         self.send(&NetMessage::RunTask(RunTask {
             task_id: task_id.into(),
             spec,
             timeout,
-            root_profile: shared::api::RootProfile::Operational,
+            root_profile,
         }));
     }
 
