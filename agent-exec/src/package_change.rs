@@ -8,8 +8,7 @@
 //! runs exactly
 //! `sudo -n <helper> apt <install|remove|purge> -- NAME...` — argv only, no
 //! shell, no request file shared between tasks (§13 item 28). The helper
-//! sets its own environment (sudo resets ours, §13 item 24). An update
-//! hand-off passes the same root-profile check before its `sudo` runs.
+//! sets its own environment (sudo resets ours, §13 item 24).
 
 use std::path::Path;
 

@@ -355,9 +355,6 @@ fn plan(settings: &Settings, spec: TaskSpec, root_profile: RootProfile) -> Resul
             target_id,
             rollback,
         } => {
-            // Installing a release runs as root through the helper, so the
-            // same gate as for package changes applies (ARCHITECTURE.md §9).
-            check_root(settings, root_profile, "agent update hand-off")?;
             shared::validate::release_version(&version)
                 .map_err(|e| format!("invalid task payload: {e}"))?;
             shared::validate::uuid(&target_id)

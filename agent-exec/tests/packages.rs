@@ -227,14 +227,6 @@ fn refused_before_sudo(got: &common::Collected, sudo_log: &Path) -> String {
     err
 }
 
-fn update(version: &str) -> TaskSpec {
-    TaskSpec::ApplyUpdate {
-        version: version.into(),
-        target_id: task_id(99),
-        rollback: false,
-    }
-}
-
 #[test]
 fn package_changes_need_an_applied_profile_that_allows_operational() {
     let dir = tempfile::tempdir().unwrap();
@@ -340,65 +332,5 @@ fn package_changes_are_refused_when_the_hosts_ceiling_is_off() {
         err.contains("applied from the control plane is off")
             && err.contains("root_access_ceiling is off"),
         "{err}"
-    );
-}
-
-#[test]
-fn agent_updates_need_the_applied_profile_and_the_ceiling_to_allow_operational() {
-    let dir = tempfile::tempdir().unwrap();
-    let (sudo, log) = fake_sudo(dir.path());
-    let exec = Exec::start(&["--sudo", sudo.to_str().unwrap()]);
-    let mut c = exec.connect();
-    for (n, profile) in RootProfile::ALL
-        .into_iter()
-        .filter(|p| !p.scopes().operational)
-        .enumerate()
-    {
-        let id = task_id(60 + n as u32);
-        c.run_with_profile(&id, update("1.0.3"), MINUTE, profile);
-        let got = c.collect(&id);
-        let err = refused_before_sudo(&got, &log);
-        assert!(
-            err.contains(&format!("applied from the control plane is {profile}")),
-            "{err}"
-        );
-        // No hand-off result for a refused update.
-        assert!(got.exit().result_json.is_none());
-    }
-    assert!(exec.log().contains("refused agent update hand-off"));
-
-    let exec = Exec::start(&[
-        "--sudo",
-        sudo.to_str().unwrap(),
-        "--root-access-ceiling",
-        "task_terminal",
-    ]);
-    let mut c = exec.connect();
-    c.run_with_profile(&task_id(70), update("1.0.3"), MINUTE, RootProfile::All);
-    let err = refused_before_sudo(&c.collect(&task_id(70)), &log);
-    assert!(
-        err.contains("this host's root_access_ceiling is task_terminal"),
-        "{err}"
-    );
-
-    // Allowed on both sides: the hand-off reaches the helper.
-    let exec = Exec::start(&[
-        "--sudo",
-        sudo.to_str().unwrap(),
-        "--root-access-ceiling",
-        "operational_terminal",
-    ]);
-    let mut c = exec.connect();
-    c.run_with_profile(
-        &task_id(71),
-        update("1.0.3"),
-        MINUTE,
-        RootProfile::OperationalTask,
-    );
-    let got = c.collect(&task_id(71));
-    assert_eq!(got.exit().outcome, Outcome::Success, "{got:?}");
-    assert_eq!(
-        std::fs::read_to_string(&log).unwrap(),
-        "-n\n/usr/local/libexec/noderax-agent-priv\nupdate\napply\n--version\n1.0.3\n"
     );
 }
