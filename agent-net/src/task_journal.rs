@@ -14,6 +14,8 @@
 //!   little endian. Kind 1 is output, kind 2 says `len` bytes were dropped
 //!   (no payload). A torn or corrupt tail (a crash mid-append) is cut off
 //!   when the journal is opened; those bytes were never acknowledged.
+//!   [`TaskJournal::open_read_only`] (for `task-output`, possibly while the
+//!   agent appends) changes nothing: it only stops reading at such a tail.
 //! - `delivered`: two 40-byte slots `[generation u64][stdout u64][stderr u64][system u64][fnv1a u32][pad u32]`,
 //!   written alternately in place and synced, so a torn write leaves the
 //!   other slot intact.
@@ -88,20 +90,56 @@ pub struct TaskJournal {
     dropped: u64,
     delivered: Positions,
     generation: u64,
-    delivered_file: File,
+    /// `None` when opened read-only.
+    delivered_file: Option<File>,
 }
 
 impl TaskJournal {
     /// Opens (creating if needed) the journal in `dir`, dropping a torn tail.
     pub fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let path = dir.join(JOURNAL);
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
-            .open(&path)?;
+            .open(dir.join(JOURNAL))?;
+        let delivered_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(DELIVERED))?;
+        let (j, disk_len) = Self::scan(dir, file, Some(delivered_file))?;
+        if j.file_len < disk_len {
+            // A record cut short by a crash: never acknowledged, so drop it.
+            j.file.set_len(j.file_len)?;
+            j.file.sync_all()?;
+        }
+        Ok(j)
+    }
+
+    /// Opens an existing journal without changing anything on disk: nothing
+    /// is created, and a torn tail (or a record the running agent is
+    /// appending right now) is left in place and simply not read. Appending
+    /// to it or recording delivery fails. `NotFound` when `dir` holds no
+    /// journal.
+    pub fn open_read_only(dir: &Path) -> io::Result<Self> {
+        let file = File::open(dir.join(JOURNAL))?;
+        let delivered_file = match File::open(dir.join(DELIVERED)) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let (mut j, _) = Self::scan(dir, file, delivered_file)?;
+        j.delivered_file = None;
+        Ok(j)
+    }
+
+    /// Reads the index of whole records and the delivered positions;
+    /// returns the journal and the file's size on disk.
+    fn scan(dir: &Path, file: File, delivered_file: Option<File>) -> io::Result<(Self, u64)> {
         let disk_len = file.metadata()?.len();
         let mut j = Self {
             dir: dir.to_owned(),
@@ -112,13 +150,7 @@ impl TaskJournal {
             dropped: 0,
             delivered: [0; 3],
             generation: 0,
-            delivered_file: OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(dir.join(DELIVERED))?,
+            delivered_file,
             file: file.try_clone()?,
         };
         // Scan record by record: memory stays at one record, whatever the size.
@@ -162,18 +194,16 @@ impl TaskJournal {
             pos += (HEADER + payload + TRAILER) as u64;
         }
         j.file_len = pos;
-        if pos < disk_len {
-            // A record cut short by a crash: never acknowledged, so drop it.
-            j.file.set_len(pos)?;
-            j.file.sync_all()?;
-        }
         j.load_delivered()?;
-        Ok(j)
+        Ok((j, disk_len))
     }
 
     fn load_delivered(&mut self) -> io::Result<()> {
+        let Some(delivered_file) = &self.delivered_file else {
+            return Ok(());
+        };
         let mut buf = [0u8; 2 * SLOT];
-        let n = self.delivered_file.read_at(&mut buf, 0)?;
+        let n = delivered_file.read_at(&mut buf, 0)?;
         let mut best: Option<(u64, Positions)> = None;
         for slot in buf[..n].chunks_exact(SLOT) {
             let sum = u32::from_le_bytes(slot[32..36].try_into().expect("4 bytes"));
@@ -228,6 +258,10 @@ impl TaskJournal {
         len: u32,
         payload: &[u8],
     ) -> io::Result<()> {
+        // Only a journal opened for writing has its delivered file.
+        if self.delivered_file.is_none() {
+            return Err(read_only());
+        }
         let mut header = [0u8; HEADER];
         header[0] = kind;
         header[1] = stream_code(stream);
@@ -290,8 +324,9 @@ impl TaskJournal {
         let sum = fnv1a(&[&slot[..32]]);
         slot[32..36].copy_from_slice(&sum.to_le_bytes());
         let at = (generation % 2) * SLOT as u64;
-        self.delivered_file.write_all_at(&slot, at)?;
-        self.delivered_file.sync_data()?;
+        let file = self.delivered_file.as_ref().ok_or_else(read_only)?;
+        file.write_all_at(&slot, at)?;
+        file.sync_data()?;
         self.generation = generation;
         self.delivered = pos;
         Ok(())
@@ -359,6 +394,13 @@ impl JournalReader {
         }
         Ok(None)
     }
+}
+
+fn read_only() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "the task journal was opened read-only",
+    )
 }
 
 /// `(kind, stream, seq, len)` from a record header, if it is one.
@@ -549,6 +591,51 @@ mod tests {
         }
         assert_eq!(got.len(), want.len());
         assert!(got == want, "a line was lost, duplicated or changed");
+    }
+
+    #[test]
+    fn a_read_only_open_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            TaskJournal::open_read_only(dir.path())
+                .err()
+                .map(|e| e.kind()),
+            Some(io::ErrorKind::NotFound)
+        );
+        assert!(!dir.path().join(JOURNAL).exists(), "nothing is created");
+        let mut j = TaskJournal::open(dir.path()).unwrap();
+        j.append(Stdout, 1, b"whole\n").unwrap();
+        j.append(Stderr, 2, b"half written").unwrap();
+        j.sync().unwrap();
+        j.set_delivered([3, 0, 0]).unwrap();
+        drop(j);
+        let path = dir.path().join(JOURNAL);
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let before = fs::read(&path).unwrap();
+        let mut j = TaskJournal::open_read_only(dir.path()).unwrap();
+        assert_eq!(
+            j.read_from([0; 3]).unwrap(),
+            [(Stdout, b"whole\n".to_vec())]
+        );
+        assert_eq!(j.delivered(), [3, 0, 0]);
+        assert!(j.append(Stdout, 3, b"x").is_err());
+        assert!(j.set_delivered([6, 0, 0]).is_err());
+        drop(j);
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            before,
+            "the torn tail is left alone"
+        );
+        assert_eq!(
+            TaskJournal::open(dir.path()).unwrap().delivered(),
+            [3, 0, 0]
+        );
     }
 
     #[test]
