@@ -220,6 +220,21 @@ impl ApiClient {
     }
 }
 
+/// A rustls error, possibly wrapped in (nested) io::Errors, whose `source()`
+/// skips the error they wrap.
+fn is_rustls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.is::<rustls::Error>() {
+        return true;
+    }
+    match e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        Some(inner) => is_rustls_error(inner),
+        None => false,
+    }
+}
+
 /// Sorts a reqwest error into a [`TransportKind`] by looking through its causes.
 fn classify(e: reqwest::Error) -> CallError {
     let mut kind = if e.is_timeout() {
@@ -232,7 +247,7 @@ fn classify(e: reqwest::Error) -> CallError {
     let mut message = e.to_string();
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
     while let Some(s) = source {
-        if s.downcast_ref::<rustls::Error>().is_some() {
+        if is_rustls_error(s) {
             kind = TransportKind::Tls;
         }
         let text = s.to_string();
@@ -245,4 +260,21 @@ fn classify(e: reqwest::Error) -> CallError {
         source = s.source();
     }
     CallError::Transport { kind, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rustls_errors_are_found_inside_nested_io_errors() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let nested = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            tls.clone(),
+        ));
+        assert!(is_rustls_error(&nested));
+        assert!(is_rustls_error(&tls));
+        assert!(!is_rustls_error(&std::io::Error::other("refused")));
+    }
 }
