@@ -2,8 +2,11 @@
 //! implemented so far. Each subcommand lives in its own module.
 
 mod config_cmd;
+mod doctor_cmd;
 mod enroll_cmd;
 mod run_cmd;
+mod status_cmd;
+mod task_output_cmd;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -55,6 +58,25 @@ pub enum Command {
     /// Enroll interactively: request approval for an administrator's e-mail
     /// address and wait (up to 10 minutes; re-running resumes).
     Enroll(enroll_cmd::EnrollArgs),
+    /// Show what the agent is doing; exit 1 when it is not running or not healthy.
+    ///
+    /// Identity, whether the agent runs (from the status.json it rewrites on
+    /// every change and at least every 10 s), claiming, realtime session, executor, root access,
+    /// running tasks, undelivered output, last error, and a live check that
+    /// the control plane is reachable.
+    Status(status_cmd::StatusArgs),
+    /// Check this host's set-up, one ok|warn|FAIL line per check; exit 1 on any FAIL.
+    ///
+    /// Config, identity and the modes of files holding secrets, the state
+    /// directory, DNS, TCP, TLS, HTTP and the realtime handshake to the
+    /// control plane, the executor socket, sudo for the root helper.
+    Doctor(doctor_cmd::DoctorArgs),
+    /// Print a task's full output as kept on this node.
+    ///
+    /// The control plane keeps only part of long outputs; the node keeps
+    /// all of it for task_output_retention. Raw bytes go to stdout in the
+    /// order produced, a summary (type, exit, sizes, delivery) to stderr.
+    TaskOutput(task_output_cmd::TaskOutputArgs),
 }
 
 /// Parses the command line, runs the command and maps errors to exit codes:
@@ -72,6 +94,11 @@ pub fn main() -> ExitCode {
             enroll_cmd::enroll(args, cli.config_file.as_deref())
         }
         (Some(Command::Run(args)), false) => run_cmd::run(args, cli.config_file.as_deref()),
+        (Some(Command::Status(args)), false) => status_cmd::run(args, cli.config_file.as_deref()),
+        (Some(Command::Doctor(args)), false) => doctor_cmd::run(args, cli.config_file.as_deref()),
+        (Some(Command::TaskOutput(args)), false) => {
+            task_output_cmd::run(args, cli.config_file.as_deref())
+        }
         // No command: run, as the original agent did.
         (None, false) => run_cmd::run(&run_cmd::RunArgs::default(), cli.config_file.as_deref()),
     };
