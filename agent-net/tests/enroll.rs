@@ -202,8 +202,12 @@ async fn email_enrollment_approved_and_revoked() {
         .await
         .expect("the agent requested an enrollment");
     assert_eq!(enrollment.email, "admin@example.com");
-    // The pending request is kept so an interrupted enroll resumes.
-    assert!(dir.path().join("pending_enrollment.json").exists());
+    // The pending request is kept so an interrupted enroll resumes (written
+    // once the answer arrives, just after the testbed recorded the request).
+    let pending = dir.path().join("pending_enrollment.json");
+    tb.wait_for(Duration::from_secs(30), |_| pending.exists().then_some(()))
+        .await
+        .expect("the pending enrollment is stored");
     let node_id = tb.approve_enrollment(&enrollment.token).unwrap();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
