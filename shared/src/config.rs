@@ -95,6 +95,7 @@ pub struct Config {
     pub outbox_max_bytes: u64,
     pub task_output_max_bytes: u64,
     pub task_output_retention: Duration,
+    pub update_base_url: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -143,6 +144,7 @@ impl Default for Config {
             outbox_max_bytes: 0,
             task_output_max_bytes: 0,
             task_output_retention: Duration::ZERO,
+            update_base_url: String::new(),
         };
         for key in KEYS {
             if !key.default.is_empty() {
@@ -1132,6 +1134,22 @@ pub static KEYS: &[Key] = &[
             Ok(())
         },
         get: |c| dur(c.task_output_retention),
+    },
+    Key {
+        name: "update_base_url",
+        env: &["NODERAX_UPDATE_BASE_URL"],
+        kind: Kind::String,
+        default: "https://cdn.noderax.net/noderax-agent/releases",
+        doc: "Where self-updates come from: <base>/<version>/release-manifest.json and its artifacts; GitHub Releases is the fallback.",
+        set: |c, v| {
+            let v = v.trim().trim_end_matches('/');
+            if !(v.starts_with("https://") || v.starts_with("http://")) {
+                return Err("must be an http:// or https:// URL".into());
+            }
+            c.update_base_url = v.to_owned();
+            Ok(())
+        },
+        get: |c| Value::String(c.update_base_url.clone()),
     },
 ];
 
