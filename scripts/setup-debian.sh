@@ -3,7 +3,8 @@
 # machine, and nothing that is already there (safe to run again).
 #
 #   - Debian packages: a C toolchain (some crates build C), git, curl, CA
-#     certificates, pkg-config.
+#     certificates, pkg-config, and systemd for `systemd-analyze` (the unit
+#     checks in tests/tests/systemd_units.rs; it need not be PID 1).
 #   - A Rust toolchain with rustfmt and clippy (rustup) if cargo is missing.
 #   - cargo-nextest (the test runner) if missing.
 #
@@ -19,7 +20,7 @@ as_root() {
     fi
 }
 
-packages=(build-essential ca-certificates curl git pkg-config)
+packages=(build-essential ca-certificates curl git pkg-config systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
