@@ -113,9 +113,9 @@ pub fn run(host: &Host, caller: &Caller, argv: &[OsString]) -> u8 {
         Err(f) => ("failed", f.code, f.message.as_str()),
     };
     match &result {
-        Ok(m) if !m.is_empty() => println!("{m}"),
+        Ok(m) if !m.is_empty() => say(m),
         Ok(_) => {}
-        Err(f) => eprintln!("noderax-agent-priv: {outcome}: {}", f.message),
+        Err(f) => warn(&format!("noderax-agent-priv: {outcome}: {}", f.message)),
     }
     let rec = audit::Record {
         caller,
@@ -129,7 +129,7 @@ pub fn run(host: &Host, caller: &Caller, argv: &[OsString]) -> u8 {
     // that is expected and not worth a message.
     if let Err(e) = audit::write(host, &rec) {
         if caller.euid == 0 {
-            eprintln!("noderax-agent-priv: warning: {}", e.message);
+            warn(&format!("noderax-agent-priv: warning: {}", e.message));
         }
     }
     code
@@ -272,7 +272,24 @@ fn check(host: &Host) -> Result<String, Failure> {
     if problems.is_empty() {
         Ok(out.join("\n"))
     } else {
-        println!("{}", out.join("\n"));
+        say(&out.join("\n"));
         Err(Failure::failed(problems.join("; ")))
     }
+}
+
+/// A line on stdout. Write errors are ignored on purpose: during an update
+/// the reader (the executor's task pipe) goes away when the executor is
+/// restarted, and the helper must still finish, roll back and audit
+/// (`println!` would panic on the broken pipe).
+pub(crate) fn say(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// A line on stderr; write errors are ignored for the same reason as [`say`].
+pub(crate) fn warn(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }

@@ -389,8 +389,7 @@ impl Install {
 /// one line each, so the executor can follow an update (the names match the
 /// progress statuses of PROTOCOL.md §10.3 where one exists).
 fn step(name: &str, detail: &str) {
-    println!("noderax-agent-priv: step: {name}: {detail}");
-    let _ = io::stdout().flush();
+    crate::say(&format!("noderax-agent-priv: step: {name}: {detail}"));
 }
 
 /// `systemctl restart` the units, then wait for [`READY_UNIT`] to be active
@@ -447,10 +446,10 @@ pub fn release_key(host: &Host) -> Result<Option<minisign_verify::PublicKey>, Fa
 fn verify_signature(host: &Host, manifest: &[u8], signature: Option<&[u8]>) -> Result<(), Failure> {
     let key_path = host.path(paths::RELEASE_KEY);
     let Some(key) = release_key(host)? else {
-        println!(
+        crate::say(&format!(
             "noderax-agent-priv: no release key at {}; checking the SHA-256 digest only",
             key_path.display()
-        );
+        ));
         return Ok(());
     };
     let Some(signature) = signature else {

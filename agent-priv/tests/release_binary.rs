@@ -113,3 +113,32 @@ fn variables_a_hook_might_read_change_nothing() {
     assert_eq!(code, 0);
     assert!(out.starts_with("noderax-agent-priv "), "{out}");
 }
+
+/// During an update the executor that reads the helper's output is
+/// restarted; the helper must carry on (and exit normally) when its stdout
+/// and stderr are broken pipes instead of panicking with exit 101.
+#[test]
+fn a_broken_output_pipe_does_not_stop_the_helper() {
+    use std::os::fd::FromRawFd;
+    let (_dir, bin) = reachable_copy();
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe(2) fills two fds.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both fds were just created and are owned here.
+    let (read_end, write_end) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    drop(read_end); // nobody will ever read: every write gets EPIPE
+    let status = Command::new(SETPRIV)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&bin)
+        .arg("version")
+        .stdout(write_end.try_clone().unwrap())
+        .stderr(write_end)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
