@@ -37,8 +37,12 @@ const CHILD_IPC_FD: i32 = 3;
 /// Where the executor is.
 #[derive(Debug, Clone)]
 pub enum ExecEndpoint {
-    /// Connect to a socket-activated executor.
-    Socket(PathBuf),
+    /// Connect to a socket-activated executor; with `peer_uid`, only an
+    /// executor running as that uid is accepted (SO_PEERCRED).
+    Socket {
+        path: PathBuf,
+        peer_uid: Option<u32>,
+    },
     /// Start `program args... --ipc-fd 3` as a child.
     Child {
         program: PathBuf,
@@ -49,7 +53,7 @@ pub enum ExecEndpoint {
 impl ExecEndpoint {
     fn describe(&self) -> String {
         match self {
-            Self::Socket(p) => format!("socket {}", p.display()),
+            Self::Socket { path, .. } => format!("socket {}", path.display()),
             Self::Child { program, .. } => format!("child process {}", program.display()),
         }
     }
@@ -181,8 +185,37 @@ async fn connection(
         })
     };
     let (stream, mut child) = match endpoint {
-        ExecEndpoint::Socket(path) => match UnixStream::connect(path).await {
-            Ok(s) => (s, None),
+        ExecEndpoint::Socket { path, peer_uid } => match UnixStream::connect(path).await {
+            Ok(s) => {
+                if let Some(expected) = peer_uid {
+                    match s.peer_cred() {
+                        Ok(cred) if cred.uid() == *expected => {}
+                        Ok(cred) => {
+                            return fail(
+                                format!(
+                                    "refused the process behind {} (pid {:?}): it runs as uid {}, but the executor must run as uid {expected} (--exec-user)",
+                                    path.display(),
+                                    cred.pid(),
+                                    cred.uid()
+                                ),
+                                false,
+                                None,
+                            );
+                        }
+                        Err(e) => {
+                            return fail(
+                                format!(
+                                    "could not check who serves {} (SO_PEERCRED): {e}",
+                                    path.display()
+                                ),
+                                false,
+                                None,
+                            );
+                        }
+                    }
+                }
+                (s, None)
+            }
             Err(e) => {
                 let hint = if first {
                     " (is noderax-agent-exec.socket active? `systemctl status noderax-agent-exec.socket`)"

@@ -147,6 +147,10 @@ impl Node {
     }
 
     fn start_agent(&mut self) {
+        self.start_agent_with(&[]);
+    }
+
+    fn start_agent_with(&mut self, extra: &[&str]) {
         let mut cmd = Command::new(agent_bin());
         cmd.arg("--config-file")
             .arg(self.dir.path().join("config.json"))
@@ -163,6 +167,7 @@ impl Node {
         if is_root() {
             cmd.arg("--allow-root");
         }
+        cmd.args(extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -798,4 +803,28 @@ async fn output_beyond_the_outbox_bound_is_dropped_and_reported_exactly() {
         dropped >= 1_010_000 - 100_000 - 256 * 1024,
         "the bound held"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_running_as_the_wrong_user_is_refused() {
+    let mut node = Node::start(TestbedConfig::default(), ExecMode::Socket).await;
+    node.wait_status("executor connected", |s| s.executor.connected)
+        .await;
+    node.kill9_agent();
+    // This executor runs as the test's user, not as `nobody`.
+    node.start_agent_with(&["--exec-user", "nobody"]);
+    let st = node
+        .wait_status("the executor refused", |s| {
+            s.pid != 0
+                && s.executor
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("must run as uid"))
+        })
+        .await;
+    assert!(!st.executor.connected);
+    // Tasks wait rather than run on an untrusted executor.
+    let id = node.shell("echo should-not-run");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(node.messages(&id).is_empty());
 }

@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// How to reach the executor.
     #[arg(long, value_enum, default_value_t = ExecutorMode::Auto)]
     executor: ExecutorMode,
+    /// Socket mode: the user the executor must run as (checked with
+    /// SO_PEERCRED on every connection), e.g. noderax.
+    #[arg(long, value_name = "USER")]
+    exec_user: Option<String>,
     /// The executor program for child mode (default: noderax-agent-exec
     /// beside this binary).
     #[arg(long, value_name = "PATH")]
@@ -77,6 +81,7 @@ impl Default for RunArgs {
             user: None,
             allow_root: false,
             executor: ExecutorMode::Auto,
+            exec_user: None,
             exec_program: None,
             exec_args: Vec::new(),
         }
@@ -200,7 +205,18 @@ fn executor_endpoint(args: &RunArgs, cfg: &Config) -> anyhow::Result<ExecEndpoin
         ExecutorMode::Auto => socket_exists,
     };
     if use_socket {
-        return Ok(ExecEndpoint::Socket(cfg.exec_socket.clone()));
+        let peer_uid = match &args.exec_user {
+            Some(user) => Some(
+                privilege_drop::account(user)
+                    .with_context(|| format!("--exec-user {user:?}"))?
+                    .uid,
+            ),
+            None => None,
+        };
+        return Ok(ExecEndpoint::Socket {
+            path: cfg.exec_socket.clone(),
+            peer_uid,
+        });
     }
     let program = match &args.exec_program {
         Some(p) => p.clone(),
