@@ -118,7 +118,8 @@ impl TaskReporter {
             reader,
             delivered,
             finished_builder: false,
-            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
+            // Capped at 30 s: after an outage delivery resumes within half a minute.
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
         })
     }
 

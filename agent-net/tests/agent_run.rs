@@ -19,8 +19,9 @@ use shared::identity::Identity;
 use shared::timestamp::Timestamp;
 use testbed::{FaultAction, FaultRule, RouteMatch, Testbed, TestbedConfig};
 
-/// Generous limits: only a hang should ever reach them.
-const WAIT: Duration = Duration::from_secs(120);
+/// Generous limits: only a hang should ever reach them (the outage test
+/// needs 60 s of outage plus up to 30 s of back-off plus delivery).
+const WAIT: Duration = Duration::from_secs(240);
 
 fn agent_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_noderax-agent"))
@@ -231,7 +232,7 @@ impl Node {
             Some(t) => t,
             None => panic!(
                 "task {id} did not finish: {:?}\nagent log:\n{}",
-                self.tb.task(id),
+                self.tb.task(id).map(|t| (t.status, t.logs.len())),
                 self.agent_log()
             ),
         }
