@@ -546,6 +546,28 @@ fn task_env(cmd: &mut Command) {
         .env("COLUMNS", "100000");
 }
 
+/// The task's command started directly by this process, as the executor
+/// would (`/bin/sh -lc`, the same environment): spawn → the time it prints.
+fn direct_shell_ms() -> anyhow::Result<f64> {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-lc", "date +%s%N"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    task_env(&mut cmd);
+    let t0 = wall_ns();
+    let mut child = cmd.spawn()?;
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut out)?;
+    child.wait()?;
+    let printed: i128 = out.trim().parse().context("date output")?;
+    Ok((printed - t0) as f64 / 1e6)
+}
+
 async fn latency(
     tb: &Testbed,
     node_id: &str,
@@ -556,6 +578,7 @@ async fn latency(
     eprintln!("latency: {WARMUP_TASKS} warm-up + {n} shell tasks, one at a time");
     let mut total = Vec::new();
     let mut to_started = Vec::new();
+    let mut floor = Vec::new();
     for i in 0..WARMUP_TASKS + n {
         // The agent's claim is parked in its long poll; give it a moment
         // after the previous task so the next claim surely is.
@@ -589,28 +612,9 @@ async fn latency(
         if i >= WARMUP_TASKS {
             total.push((printed - t0_ns) as f64 / 1e6);
             to_started.push(started.as_secs_f64() * 1e3);
+            // Interleaved, so both see the same load on the machine.
+            floor.push(direct_shell_ms()?);
         }
-    }
-    // The same command, started directly by this process.
-    let mut floor = Vec::new();
-    for _ in 0..n {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-lc", "date +%s%N"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        task_env(&mut cmd);
-        let t0 = wall_ns();
-        let mut child = cmd.spawn()?;
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .expect("piped")
-            .read_to_string(&mut out)?;
-        child.wait()?;
-        let printed: i128 = out.trim().parse().context("date output")?;
-        floor.push((printed - t0) as f64 / 1e6);
     }
     let t = summarize(total);
     let s = summarize(to_started);
@@ -636,7 +640,7 @@ async fn latency(
         "—",
     ));
     rows.push(row(
-        "… floor not due to the agent: `sh -lc 'date +%s%N'` spawned directly by the bench, p50 / p99 (min–max)",
+        "… floor not due to the agent: `sh -lc 'date +%s%N'` spawned directly by the bench (interleaved), p50 / p99 (min–max)",
         format!(
             "{} / {} ({}–{})",
             ms(f.p50),
