@@ -445,8 +445,17 @@ impl Dispatcher {
             id.clone(),
             Task::new(dir, journal, Phase::Exited, Some(slot)),
         );
+        self.start_or_refuse(&task, &id);
+        // After the hand-over: the reporter's start-up reads files, and the
+        // process should not wait for that.
         self.spawn_reporter(&id);
-        match task_spec::spec_for(&task, self.s.default_timeout) {
+    }
+
+    /// Hands a newly claimed task to the executor, or ends it when it
+    /// cannot run.
+    fn start_or_refuse(&mut self, task: &ClaimedTask, id: &str) {
+        let id = id.to_owned();
+        match task_spec::spec_for(task, self.s.default_timeout) {
             Err(not_runnable) => {
                 log::warn(format_args!(
                     "task {id} ({}) not run: {not_runnable}",

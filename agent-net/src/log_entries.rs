@@ -222,6 +222,11 @@ impl EntryBuilder {
         self.flush_pending();
     }
 
+    /// Entries ready to send.
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
     /// The next entry ready to send.
     pub fn pop(&mut self) -> Option<Entry> {
         self.ready.pop_front()

@@ -315,6 +315,16 @@ impl TaskJournal {
 
     /// Durably records that the control plane has the output up to `pos`.
     pub fn set_delivered(&mut self, pos: Positions) -> io::Result<()> {
+        self.record_delivered(pos)?;
+        self.sync_delivered()
+    }
+
+    /// Like [`set_delivered`](Self::set_delivered) without waiting for the
+    /// disk: a crash of the process loses nothing (the page cache has it),
+    /// a power loss at worst resends entries — duplicates, never loss. The
+    /// reporter syncs every ~100 ms and before the completion, so an fsync
+    /// per log request does not cap the shipping rate.
+    pub fn record_delivered(&mut self, pos: Positions) -> io::Result<()> {
         let generation = self.generation + 1;
         let mut slot = [0u8; SLOT];
         slot[..8].copy_from_slice(&generation.to_le_bytes());
@@ -326,10 +336,17 @@ impl TaskJournal {
         let at = (generation % 2) * SLOT as u64;
         let file = self.delivered_file.as_ref().ok_or_else(read_only)?;
         file.write_all_at(&slot, at)?;
-        file.sync_data()?;
         self.generation = generation;
         self.delivered = pos;
         Ok(())
+    }
+
+    /// Makes the recorded delivered positions durable.
+    pub fn sync_delivered(&mut self) -> io::Result<()> {
+        self.delivered_file
+            .as_ref()
+            .ok_or_else(read_only)?
+            .sync_data()
     }
 
     /// The stored output after `from` (per stream), in the order it was

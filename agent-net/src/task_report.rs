@@ -26,6 +26,10 @@ use crate::output_clip::Clipper;
 use crate::task_journal::{JournalReader, Positions, TaskJournal};
 
 const RECORD: &str = "task.json";
+/// Entries built ahead of sending, at most (about 320 kB of text).
+const FEED_BATCH_ENTRIES: usize = 64;
+/// How often delivered positions are made durable while logs flow.
+const DELIVERED_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest `error` the API accepts (§6.6).
 const MAX_ERROR_CHARS: usize = shared::api::task::MAX_COMPLETED_ERROR_CHARS;
 
@@ -96,6 +100,8 @@ pub struct TaskReporter {
     delivered: Positions,
     finished_builder: bool,
     backoff: Backoff,
+    /// When the delivered positions were last synced.
+    last_sync: Instant,
 }
 
 impl TaskReporter {
@@ -118,6 +124,7 @@ impl TaskReporter {
             reader,
             delivered,
             finished_builder: false,
+            last_sync: Instant::now(),
             // Capped at 30 s: after an outage delivery resumes within half a minute.
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
         })
@@ -143,16 +150,19 @@ impl TaskReporter {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            self.feed()?;
+            let mut exhausted = self.feed()?;
             if record.exit.is_none() {
                 // Re-read: the exit may have been stored since.
                 record = self.record()?;
             }
             let now = Instant::now();
             if record.exit.is_some() && !self.finished_builder {
-                self.feed()?;
-                self.builder.finish(now);
-                self.finished_builder = true;
+                // The exit is stored after all output: read to the end first.
+                exhausted = self.feed()?;
+                if exhausted {
+                    self.builder.finish(now);
+                    self.finished_builder = true;
+                }
             }
             self.builder.tick(now);
             while let Some(entry) = self.builder.pop() {
@@ -161,6 +171,10 @@ impl TaskReporter {
                 }
             }
             if let Some(exit) = record.exit.clone().filter(|_| self.finished_builder) {
+                self.journal
+                    .lock()
+                    .expect("journal lock")
+                    .sync_delivered()?;
                 return match self.send_completed(&record, &exit).await? {
                     None => {
                         record.completed_sent = true;
@@ -169,6 +183,9 @@ impl TaskReporter {
                     }
                     Some(reason) => self.end(record, reason),
                 };
+            }
+            if !exhausted {
+                continue; // more stored output than one batch: keep going
             }
             let due = self.builder.due();
             tokio::select! {
@@ -189,14 +206,19 @@ impl TaskReporter {
         Ok(Delivery::Ended(reason))
     }
 
-    /// Moves newly stored output into the entry builder.
-    fn feed(&mut self) -> std::io::Result<()> {
+    /// Moves newly stored output into the entry builder, a batch at a
+    /// time so a large backlog is not held in memory as entries. Returns
+    /// whether everything stored so far was read.
+    fn feed(&mut self) -> std::io::Result<bool> {
         let now = Instant::now();
         let journal = self.journal.lock().expect("journal lock");
-        while let Some((stream, bytes)) = self.reader.next_chunk(&journal)? {
-            self.builder.push(stream, &bytes, now);
+        while self.builder.ready_len() < FEED_BATCH_ENTRIES {
+            match self.reader.next_chunk(&journal)? {
+                Some((stream, bytes)) => self.builder.push(stream, &bytes, now),
+                None => return Ok(true),
+            }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Sends one entry, retrying transient failures. `Some(reason)` when the
@@ -229,10 +251,12 @@ impl TaskReporter {
                         LogStream::System => 2,
                     };
                     self.delivered[i] = self.delivered[i].max(entry.end);
-                    self.journal
-                        .lock()
-                        .expect("journal lock")
-                        .set_delivered(self.delivered)?;
+                    let mut j = self.journal.lock().expect("journal lock");
+                    j.record_delivered(self.delivered)?;
+                    if self.last_sync.elapsed() >= DELIVERED_SYNC_INTERVAL {
+                        j.sync_delivered()?;
+                        self.last_sync = Instant::now();
+                    }
                     return Ok(None);
                 }
                 Verdict::End(reason) => return Ok(Some(reason)),
