@@ -4,7 +4,9 @@
 #
 #   - Debian packages: a C toolchain (some crates build C), git, curl, CA
 #     certificates, pkg-config, and systemd for `systemd-analyze` (the unit
-#     checks in tests/tests/systemd_units.rs; it need not be PID 1).
+#     checks in tests/tests/systemd_units.rs; it need not be PID 1), and
+#     for the installer's tests (tests/tests/installer.rs) sudo (visudo),
+#     minisign and the shell linter (package shellcheck).
 #   - A Rust toolchain with rustfmt and clippy (rustup) if cargo is missing.
 #   - cargo-nextest (the test runner) if missing.
 #
@@ -20,7 +22,7 @@ as_root() {
     fi
 }
 
-packages=(build-essential ca-certificates curl git pkg-config systemd)
+packages=(build-essential ca-certificates curl git minisign pkg-config shellcheck sudo systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

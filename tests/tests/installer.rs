@@ -1,0 +1,1345 @@
+//! The installer script `installer/install.sh` (issue 7, item 2).
+//!
+//! - `shellcheck` finds nothing.
+//! - Its embedded unit files are byte for byte those of `systemd/`, and its
+//!   small helpers (URL normalisation, SHA256SUMS parsing, the `sudo -l`
+//!   check) behave, called by sourcing the script.
+//! - `--dry-run` prints the plan, which must equal the reviewed
+//!   `installer/testdata/dry-run.expected` (after removing what depends on
+//!   the machine), and changes nothing, on this host or under `--root`.
+//! - A real installation into a throwaway root (`--root DIR`), downloading
+//!   from the testbed's release CDN and enrolling against the testbed:
+//!   every progress stage of PROTOCOL.md §3 arrives in order, every file
+//!   has its owner and mode, the manifest lists exactly what was created; a
+//!   re-run keeps identity and config, an upgrade switches `current`.
+//! - A checksum mismatch, or a signature by the wrong key, aborts before
+//!   anything is installed and is reported as `failed`; so is a failing
+//!   command, named as it was shown.
+//!
+//! shellcheck, visudo (package sudo) and minisign must be installed
+//! (scripts/setup-debian.sh installs them); a test that needs one fails
+//! naming the package otherwise.
+//!
+//! The installations need root (they chown files to the fake root's users
+//! and run the bootstrap as one of them) and the agent's binaries
+//! (`cargo build --workspace`; nextest and scripts/test.sh build them).
+//! Without root they are skipped with a message. The systemd side (units
+//! started, `sudo -l` as noderax) is exercised in the VM suite (issue 8).
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use testbed::model::Install;
+use testbed::{Testbed, TestbedConfig};
+
+/// Set to rewrite installer/testdata/dry-run.expected from this host's output.
+const UPDATE_ENV: &str = "NODERAX_UPDATE_EXPECTED";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the workspace")
+        .to_owned()
+}
+
+fn script() -> PathBuf {
+    repo().join("installer/install.sh")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn skip_unless_root() -> bool {
+    if !is_root() {
+        eprintln!(
+            "skipped: installing into a throwaway root needs root (chown, useradd --prefix, setpriv)"
+        );
+        return true;
+    }
+    false
+}
+
+fn on_path(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+fn require_tool(tool: &str, package: &str) -> PathBuf {
+    on_path(tool).unwrap_or_else(|| {
+        panic!("{tool} not found: install the `{package}` package (./scripts/setup-debian.sh does)")
+    })
+}
+
+/// target/debug (or wherever this test binary was built), which holds the
+/// agent's binaries after a workspace build.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_owned();
+    for b in ["noderax-agent", "noderax-agent-exec", "noderax-agent-priv"] {
+        assert!(
+            dir.join(b).is_file(),
+            "{} is missing: build the workspace first (cargo build --workspace)",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("no agent releases for {other}"),
+    }
+}
+
+/// The installer with a clean set of its own variables.
+fn installer(args: &[&str]) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(script()).args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("NODERAX_") {
+            cmd.env_remove(k);
+        }
+    }
+    for k in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn run_async(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("bash runs"))
+        .await
+        .unwrap()
+}
+
+/// Calls a function of the script after sourcing it (main is not run).
+fn call(function_and_args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write as _;
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(". \"$0\" && \"$@\"")
+        .arg(script())
+        .args(function_and_args)
+        .env("NODERAX_INSTALLER_SOURCE_ONLY", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+// ---- static checks ------------------------------------------------------------
+
+#[test]
+fn shellcheck_is_clean() {
+    let shellcheck = require_tool("shellcheck", "shellcheck");
+    let out = Command::new(shellcheck).arg(script()).output().unwrap();
+    assert!(out.status.success(), "shellcheck:\n{}", text(&out));
+}
+
+#[test]
+fn embedded_units_are_the_shipped_ones() {
+    for unit in [
+        "noderax-agent.service",
+        "noderax-agent-exec.socket",
+        "noderax-agent-exec.service",
+    ] {
+        let (ok, embedded) = call(&["unit_text", unit], None);
+        assert!(ok, "unit_text {unit} failed");
+        let shipped = std::fs::read_to_string(repo().join("systemd").join(unit)).unwrap();
+        assert!(
+            embedded == shipped,
+            "installer/install.sh embeds a different {unit} than systemd/{unit}: \
+             paste systemd/{unit} into unit_text() in the installer"
+        );
+    }
+}
+
+#[test]
+fn helper_functions() {
+    for (input, want) in [
+        ("api.example.com", Some("https://api.example.com")),
+        (
+            "https://api.example.com/api/v1/",
+            Some("https://api.example.com"),
+        ),
+        (" 'https://x.example/v1' ", Some("https://x.example")),
+        ("http://127.0.0.1:8080", Some("http://127.0.0.1:8080")),
+        ("https://x.example/prefix", Some("https://x.example/prefix")),
+        ("ftp://x.example", None),
+        ("https://", None),
+        ("https://a b.example", None),
+        ("https://x.example/\"", None),
+    ] {
+        let (ok, out) = call(&["normalize_api_url", input], None);
+        match want {
+            Some(w) => assert!(ok && out == w, "normalize_api_url {input:?} gave {out:?}"),
+            None => assert!(!ok, "normalize_api_url accepted {input:?} as {out:?}"),
+        }
+    }
+
+    for (v, ok_want) in [
+        ("1.0.3", true),
+        ("2026.5.3", true),
+        ("main-abc1234", true),
+        ("0.1.0-dev", true),
+        ("../x", false),
+        ("-x", false),
+        ("a..b", false),
+        ("a/b", false),
+        ("", false),
+    ] {
+        let (ok, _) = call(&["release_version_ok", v], None);
+        assert_eq!(ok, ok_want, "release_version_ok {v:?}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let sums = dir.path().join("SHA256SUMS");
+    let a = "a".repeat(64);
+    let b = "B".repeat(64);
+    std::fs::write(
+        &sums,
+        format!(
+            "{a}  noderax-agent-linux-amd64\n{b} *noderax-agent-exec-linux-amd64\n{a}  twice\n{a}  twice\nshort  short\n"
+        ),
+    )
+    .unwrap();
+    let s = sums.to_str().unwrap();
+    assert_eq!(
+        call(&["sums_entry", s, "noderax-agent-linux-amd64"], None),
+        (true, format!("{a}\n"))
+    );
+    assert_eq!(
+        call(&["sums_entry", s, "noderax-agent-exec-linux-amd64"], None),
+        (true, format!("{}\n", b.to_lowercase()))
+    );
+    for missing in [
+        "noderax-agent",
+        "twice",
+        "short",
+        "noderax-agent-linux-arm64",
+    ] {
+        assert!(!call(&["sums_entry", s, missing], None).0, "{missing}");
+    }
+
+    let head = "Matching Defaults entries for noderax on h:\n    env_reset, secure_path=/usr/bin\n\n\
+                User noderax may run the following commands on h:\n";
+    let helper = "    (root) NOPASSWD: /usr/local/libexec/noderax-agent-priv\n";
+    assert!(call(&["check_sudo_listing"], Some(&format!("{head}{helper}"))).0);
+    let (ok, extra) = call(
+        &["check_sudo_listing"],
+        Some(&format!("{head}{helper}    (ALL : ALL) ALL\n")),
+    );
+    assert!(!ok && extra.contains("(ALL : ALL) ALL"), "{extra}");
+    assert!(
+        !call(
+            &["check_sudo_listing"],
+            Some("User noderax is not allowed to run sudo on h.\n")
+        )
+        .0
+    );
+    assert!(
+        !call(
+            &["check_sudo_listing"],
+            Some(&format!(
+                "{head}    (root) NOPASSWD: /usr/local/libexec/noderax-agent-priv apt *\n"
+            ))
+        )
+        .0
+    );
+}
+
+// ---- dry run ------------------------------------------------------------------
+
+/// What a dry run on this host must not change: the layout and the users.
+fn host_snapshot() -> Vec<(String, bool)> {
+    let mut v: Vec<(String, bool)> = [
+        "/etc/noderax-agent",
+        "/opt/noderax-agent",
+        "/var/lib/noderax-agent",
+        "/var/lib/noderax-agent-exec",
+        "/var/lib/noderax-agent-install",
+        "/home/noderax",
+        "/usr/local/libexec/noderax-agent-priv",
+        "/usr/local/bin/noderax-agent",
+        "/etc/sudoers.d/noderax-agent",
+        "/etc/systemd/system/noderax-agent.service",
+        "/etc/systemd/system/noderax-agent-exec.socket",
+        "/etc/systemd/system/noderax-agent-exec.service",
+    ]
+    .iter()
+    .map(|p| (p.to_string(), std::fs::symlink_metadata(p).is_ok()))
+    .collect();
+    for user in ["noderax", "noderax-net"] {
+        let found = Command::new("getent")
+            .args(["passwd", user])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        v.push((format!("user {user}"), found));
+    }
+    v
+}
+
+/// System directories a Debian host may or may not have; the installer
+/// creates (and lists) them only when missing, so their lines depend on the
+/// machine.
+const SHARED_DIRS: [&str; 6] = [
+    "/var/lib",
+    "/home",
+    "/usr/local/libexec",
+    "/usr/local/bin",
+    "/etc/sudoers.d",
+    "/etc/systemd/system",
+];
+
+/// The dry-run output without what depends on this machine.
+fn normalize_plan(out: &str) -> String {
+    let arch = host_arch();
+    let mut lines = Vec::new();
+    for line in out.lines() {
+        if line.starts_with("host: ") {
+            continue;
+        }
+        let shared = SHARED_DIRS.iter().any(|d| {
+            line == format!("+ install -d -o root -g root -m 0755 {d}")
+                || line == format!("|   {d}")
+        });
+        if shared {
+            continue;
+        }
+        lines.push(
+            line.replace(&format!("-linux-{arch}"), "-linux-ARCH")
+                .replace(&format!(", {arch})"), ", ARCH)"),
+        );
+    }
+    lines.join("\n") + "\n"
+}
+
+#[test]
+fn dry_run_prints_the_reviewed_plan_and_changes_nothing() {
+    let before = host_snapshot();
+    let out = installer(&[
+        "--dry-run",
+        "--api-url",
+        "https://api.example.com/api/v1/",
+        "--bootstrap-token",
+        "nbt_0123456789abcdef0123456789abcdef",
+        "--version",
+        "1.2.3",
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(host_snapshot(), before, "the dry run changed this host");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("nbt_0123456789abcdef"),
+        "the plan shows the bootstrap token"
+    );
+
+    // The essentials, so that a failure names what is missing.
+    for want in [
+        "useradd --system --gid noderax-net --home-dir /var/lib/noderax-agent --no-create-home --shell /usr/sbin/nologin",
+        "useradd --system --gid noderax --home-dir /home/noderax --no-create-home --shell /usr/sbin/nologin",
+        "+ install -d -o root -g root -m 0755 /etc/noderax-agent",
+        "+ install -d -o noderax-net -g noderax-net -m 0700 /var/lib/noderax-agent",
+        "+ install -d -o noderax -g noderax -m 0700 /var/lib/noderax-agent-exec",
+        "+ install -d -o noderax -g noderax -m 0700 /home/noderax",
+        "+ write /etc/noderax-agent/config.json (root:noderax-net 0640)",
+        "|     \"api_url\": \"https://api.example.com\",",
+        "/opt/noderax-agent/releases/1.2.3/noderax-agent",
+        "+ install -o root -g root -m 0755 /tmp/noderax-install.XXXXXXXX/noderax-agent-priv-linux-",
+        "(root:root 0440)",
+        "|   noderax ALL=(root) NOPASSWD: /usr/local/libexec/noderax-agent-priv",
+        "+ visudo -cf /etc/sudoers.d/.noderax-agent.new-PID",
+        "+ mv -f /etc/sudoers.d/.noderax-agent.new-PID /etc/sudoers.d/noderax-agent",
+        "sudo -n -l -U noderax",
+        "+ write /etc/systemd/system/noderax-agent.service (root:root 0644)",
+        "+ write /etc/systemd/system/noderax-agent-exec.socket (root:root 0644)",
+        "+ write /etc/systemd/system/noderax-agent-exec.service (root:root 0644)",
+        "+ systemctl daemon-reload",
+        "bootstrap --non-interactive --api-url https://api.example.com --state-file /var/lib/noderax-agent/agent_identity.json",
+        "setpriv --reuid=noderax-net --regid=noderax-net --clear-groups --inh-caps=-all -- /opt/noderax-agent/current/noderax-agent bootstrap",
+        "+ systemctl enable --now noderax-agent-exec.socket noderax-agent.service",
+        "==> [100%] service_started",
+        "|   /var/lib/noderax-agent-install/manifest",
+    ] {
+        assert!(stdout.contains(want), "the plan lacks {want:?}:\n{stdout}");
+    }
+    // Visudo runs before the file is moved into place.
+    let visudo = stdout.find("+ visudo -cf").unwrap();
+    let moved = stdout.find("/etc/sudoers.d/noderax-agent\n").unwrap();
+    assert!(
+        visudo < moved,
+        "visudo must check the file before it is moved into place"
+    );
+
+    let expected_file = repo().join("installer/testdata/dry-run.expected");
+    let plan = normalize_plan(&stdout);
+    if std::env::var_os(UPDATE_ENV).is_some() {
+        std::fs::write(&expected_file, &plan).unwrap();
+        eprintln!("wrote {}", expected_file.display());
+        return;
+    }
+    if before.iter().any(|(_, exists)| *exists) {
+        eprintln!(
+            "not compared with {}: this host already has (part of) an installation: {:?}",
+            expected_file.display(),
+            before
+                .iter()
+                .filter(|(_, e)| *e)
+                .map(|(p, _)| p)
+                .collect::<Vec<_>>()
+        );
+        return;
+    }
+    let expected = std::fs::read_to_string(&expected_file).unwrap();
+    if plan != expected {
+        let got =
+            std::env::temp_dir().join(format!("installer-dry-run.{}.actual", std::process::id()));
+        std::fs::write(&got, &plan).unwrap();
+        panic!(
+            "the dry-run plan differs from {} (this run's is in {}; after reviewing the \
+             difference, {UPDATE_ENV}=1 rewrites the expected file)",
+            expected_file.display(),
+            got.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_under_a_root_creates_and_reports_nothing() {
+    let tb = Testbed::start(TestbedConfig::fast()).await.unwrap();
+    let token = tb.create_install("dry");
+    let root = FakeRoot::new();
+    let before = root.tree();
+    let mut cmd = installer(&[
+        "--dry-run",
+        "--root",
+        root.dir(),
+        "--api-url",
+        &tb.api_url(),
+        "--bootstrap-token",
+        &token,
+    ]);
+    cmd.env(
+        "NODERAX_AGENT_DOWNLOAD_BASE_URL",
+        format!("{}/cdn", tb.api_url()),
+    );
+    let out = run_async(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(root.tree(), before, "the dry run changed the root");
+    let install = tb.install(&token).unwrap();
+    assert!(
+        install.reports.is_empty(),
+        "the dry run reported progress: {:?}",
+        install.reports
+    );
+    assert!(tb.requests().is_empty(), "the dry run made requests");
+}
+
+// ---- installations into a throwaway root ----------------------------------------
+
+/// A directory laid out as a minimal Debian root: the directories a real
+/// host has, empty account databases, os-release.
+struct FakeRoot {
+    dir: tempfile::TempDir,
+}
+
+/// Present before the installer runs (a fresh Debian system has them).
+const SKELETON: [&str; 11] = [
+    "etc",
+    "etc/sudoers.d",
+    "etc/systemd",
+    "etc/systemd/system",
+    "opt",
+    "var",
+    "var/lib",
+    "var/log",
+    "home",
+    "usr/local/bin",
+    "usr/local",
+];
+
+impl FakeRoot {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        // noderax-net runs the bootstrap from inside it.
+        std::fs::set_permissions(r, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for d in SKELETON {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::create_dir_all(r.join("usr")).unwrap();
+        for (f, mode) in [
+            ("passwd", 0o644),
+            ("group", 0o644),
+            ("shadow", 0o640),
+            ("gshadow", 0o640),
+        ] {
+            let p = r.join("etc").join(f);
+            std::fs::write(&p, "").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::fs::write(
+            r.join("etc/os-release"),
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n",
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    fn dir(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+
+    /// An installed path inside the root.
+    fn path(&self, abs: &str) -> PathBuf {
+        self.dir.path().join(abs.trim_start_matches('/'))
+    }
+
+    /// uid of a user of the root's passwd (gid of its group).
+    fn id(&self, db: &str, name: &str) -> u32 {
+        let text = std::fs::read_to_string(self.path(&format!("/etc/{db}"))).unwrap();
+        text.lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f[0] == name).then(|| f[2].parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("{name} is not in /etc/{db}:\n{text}"))
+    }
+
+    fn passwd_entry(&self, name: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(self.path("/etc/passwd")).unwrap();
+        text.lines()
+            .map(|l| l.split(':').map(str::to_owned).collect::<Vec<_>>())
+            .find(|f| f[0] == name)
+            .unwrap_or_else(|| panic!("{name} is not in /etc/passwd"))
+    }
+
+    /// Every path in the root (as installed, `/etc/...`) with its type,
+    /// owner, mode and, for links, target.
+    fn tree(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut stack = vec![self.dir.path().to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let md = std::fs::symlink_metadata(e.path()).unwrap();
+                let rel = format!(
+                    "/{}",
+                    e.path().strip_prefix(self.dir.path()).unwrap().display()
+                );
+                let link = std::fs::read_link(e.path())
+                    .map(|t| format!(" -> {}", t.display()))
+                    .unwrap_or_default();
+                out.insert(format!(
+                    "{rel} {}:{} {:o}{link}",
+                    md.uid(),
+                    md.gid(),
+                    md.mode()
+                ));
+                if md.is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        out
+    }
+
+    /// Every path in the root (as installed), without attributes.
+    fn paths(&self) -> BTreeSet<String> {
+        self.tree()
+            .into_iter()
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The manifest's path lines, in order.
+    fn manifest(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("/var/lib/noderax-agent-install/manifest"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn manifest_field(&self, key: &str) -> String {
+        std::fs::read_to_string(self.path("/var/lib/noderax-agent-install/manifest"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("# {key}: ")).map(str::to_owned))
+            .unwrap_or_else(|| panic!("the manifest has no {key} field"))
+    }
+
+    /// Asserts owner, group and permission bits of an installed path.
+    fn assert_attrs(&self, abs: &str, uid: u32, gid: u32, mode: u32) {
+        let md = std::fs::symlink_metadata(self.path(abs)).unwrap_or_else(|e| panic!("{abs}: {e}"));
+        assert_eq!(
+            (md.uid(), md.gid(), md.mode() & 0o7777),
+            (uid, gid, mode),
+            "{abs}: owner, group, mode (mode {:o})",
+            md.mode() & 0o7777
+        );
+    }
+
+    fn link(&self, abs: &str) -> String {
+        std::fs::read_link(self.path(abs))
+            .unwrap_or_else(|e| panic!("{abs} is not a link: {e}"))
+            .display()
+            .to_string()
+    }
+}
+
+/// A release directory `<dir>/<name>/` as the CDN lays it out: the three
+/// binaries for this architecture and SHA256SUMS (with `corrupt`, the
+/// executor's digest is wrong).
+fn make_release(dir: &Path, name: &str, agent: &Path, corrupt: bool) {
+    let arch = host_arch();
+    let rel = dir.join(name);
+    std::fs::create_dir_all(&rel).unwrap();
+    let bins = bin_dir();
+    let files = [
+        (format!("noderax-agent-linux-{arch}"), agent.to_owned()),
+        (
+            format!("noderax-agent-exec-linux-{arch}"),
+            bins.join("noderax-agent-exec"),
+        ),
+        (
+            format!("noderax-agent-priv-linux-{arch}"),
+            bins.join("noderax-agent-priv"),
+        ),
+    ];
+    for (artifact, src) in &files {
+        std::fs::copy(src, rel.join(artifact)).unwrap();
+    }
+    let out = Command::new("sha256sum")
+        .args(files.iter().map(|(a, _)| a.as_str()))
+        .current_dir(&rel)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut sums = String::from_utf8(out.stdout).unwrap();
+    if corrupt {
+        let exec = format!("noderax-agent-exec-linux-{arch}");
+        sums = sums
+            .lines()
+            .map(|l| {
+                if l.ends_with(&exec) {
+                    format!("{}{}", "0".repeat(64), &l[64..])
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
+    }
+    std::fs::write(rel.join("SHA256SUMS"), sums).unwrap();
+}
+
+/// The version the built agent reports (the release directory's name).
+fn built_version() -> String {
+    let out = Command::new(bin_dir().join("noderax-agent"))
+        .arg("version")
+        .output()
+        .unwrap();
+    let first = String::from_utf8(out.stdout).unwrap();
+    first
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("noderax-agent ")
+        .unwrap()
+        .to_owned()
+}
+
+fn stages(install: &Install) -> Vec<(String, Option<i64>, String)> {
+    install
+        .reports
+        .iter()
+        .map(|r| (r.stage.clone(), r.progress_percent, r.status.clone()))
+        .collect()
+}
+
+fn testbed_with_releases(dir: &Path) -> TestbedConfig {
+    TestbedConfig {
+        release_dir: Some(dir.to_owned()),
+        ..TestbedConfig::fast()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installs_into_a_root_reporting_every_stage_and_upgrades_in_place() {
+    if skip_unless_root() {
+        return;
+    }
+    require_tool("visudo", "sudo");
+    let releases = tempfile::tempdir().unwrap();
+    let version = built_version();
+    make_release(
+        releases.path(),
+        "latest",
+        &bin_dir().join("noderax-agent"),
+        false,
+    );
+    let tb = Testbed::start(testbed_with_releases(releases.path()))
+        .await
+        .unwrap();
+    let token = tb.create_install("installer-node");
+    let root = FakeRoot::new();
+    let skeleton = root.paths();
+
+    let mut cmd = installer(&[
+        "--root",
+        root.dir(),
+        "--api-url",
+        &format!("{}/api/v1", tb.api_url()),
+        "--bootstrap-token",
+        &token,
+    ]);
+    cmd.env(
+        "NODERAX_AGENT_DOWNLOAD_BASE_URL",
+        format!("{}/cdn", tb.api_url()),
+    );
+    let out = run_async(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !text(&out).contains(&token),
+        "the installer printed the bootstrap token"
+    );
+
+    // Progress: PROTOCOL.md §3's stages in order, ending completed.
+    let install = tb.install(&token).unwrap();
+    let mut want: Vec<(String, Option<i64>, String)> = [
+        ("installer_started", 8),
+        ("dependencies_ready", 30),
+        ("service_user_ready", 45),
+        ("binary_download_started", 60),
+        ("binary_downloaded", 74),
+        ("agent_bootstrapping", 88),
+    ]
+    .iter()
+    .map(|(s, p)| (s.to_string(), Some(*p), "installing".to_owned()))
+    .collect();
+    want.push(("service_started".into(), Some(100), "completed".into()));
+    let mut got = stages(&install);
+    // Only when curl, sudo or ca-certificates were missing (never under --root).
+    got.retain(|(s, _, _)| s != "dependencies_installing");
+    assert_eq!(got, want, "{}", text(&out));
+    assert!(install.reports.iter().all(|r| r.applied));
+    assert_eq!(
+        (
+            install.status.as_str(),
+            install.stage.as_str(),
+            install.progress_percent
+        ),
+        ("completed", "service_started", 100)
+    );
+    let node_id = install.node_id.clone().expect("the token was consumed");
+
+    // Users: system accounts, no login, locked.
+    let (net, exec) = (
+        root.id("passwd", "noderax-net"),
+        root.id("passwd", "noderax"),
+    );
+    let (net_g, exec_g) = (root.id("group", "noderax-net"), root.id("group", "noderax"));
+    assert!(net < 1000 && exec < 1000 && net != exec);
+    let net_pw = root.passwd_entry("noderax-net");
+    let exec_pw = root.passwd_entry("noderax");
+    assert_eq!(
+        (net_pw[3].as_str(), net_pw[5].as_str(), net_pw[6].as_str()),
+        (
+            net_g.to_string().as_str(),
+            "/var/lib/noderax-agent",
+            "/usr/sbin/nologin"
+        )
+    );
+    assert_eq!(
+        (
+            exec_pw[3].as_str(),
+            exec_pw[5].as_str(),
+            exec_pw[6].as_str()
+        ),
+        (
+            exec_g.to_string().as_str(),
+            "/home/noderax",
+            "/usr/sbin/nologin"
+        )
+    );
+    let shadow = std::fs::read_to_string(root.path("/etc/shadow")).unwrap();
+    for user in ["noderax", "noderax-net"] {
+        let pw = shadow
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{user}:")))
+            .unwrap();
+        assert!(pw.starts_with('!'), "{user} is not locked: {pw}");
+    }
+
+    // Owners and modes (README.md: layout, root helper, units).
+    let v = &version;
+    for (path, uid, gid, mode) in [
+        ("/etc/noderax-agent", 0, 0, 0o755),
+        ("/etc/noderax-agent/config.json", 0, net_g, 0o640),
+        ("/opt/noderax-agent", 0, 0, 0o755),
+        ("/opt/noderax-agent/releases", 0, 0, 0o755),
+        (&format!("/opt/noderax-agent/releases/{v}"), 0, 0, 0o755),
+        (
+            &format!("/opt/noderax-agent/releases/{v}/noderax-agent"),
+            0,
+            0,
+            0o755,
+        ),
+        (
+            &format!("/opt/noderax-agent/releases/{v}/noderax-agent-exec"),
+            0,
+            0,
+            0o755,
+        ),
+        ("/usr/local/libexec", 0, 0, 0o755),
+        ("/usr/local/libexec/noderax-agent-priv", 0, 0, 0o755),
+        ("/etc/sudoers.d/noderax-agent", 0, 0, 0o440),
+        ("/etc/systemd/system/noderax-agent.service", 0, 0, 0o644),
+        ("/etc/systemd/system/noderax-agent-exec.socket", 0, 0, 0o644),
+        (
+            "/etc/systemd/system/noderax-agent-exec.service",
+            0,
+            0,
+            0o644,
+        ),
+        ("/var/lib/noderax-agent", net, net_g, 0o700),
+        (
+            "/var/lib/noderax-agent/agent_identity.json",
+            net,
+            net_g,
+            0o600,
+        ),
+        ("/var/lib/noderax-agent-exec", exec, exec_g, 0o700),
+        ("/home/noderax", exec, exec_g, 0o700),
+        ("/var/lib/noderax-agent-install", 0, 0, 0o755),
+        ("/var/lib/noderax-agent-install/manifest", 0, 0, 0o644),
+    ] {
+        root.assert_attrs(path, uid, gid, mode);
+    }
+    assert_eq!(
+        root.link("/opt/noderax-agent/current"),
+        format!("releases/{v}")
+    );
+    assert_eq!(
+        root.link("/usr/local/bin/noderax-agent"),
+        "/opt/noderax-agent/current/noderax-agent"
+    );
+    assert_eq!(
+        root.link("/usr/local/libexec/noderax-agent-self-update"),
+        "noderax-agent-priv"
+    );
+    let bins = bin_dir();
+    for (installed, built) in [
+        (
+            format!("/opt/noderax-agent/releases/{v}/noderax-agent"),
+            "noderax-agent",
+        ),
+        (
+            format!("/opt/noderax-agent/releases/{v}/noderax-agent-exec"),
+            "noderax-agent-exec",
+        ),
+        (
+            "/usr/local/libexec/noderax-agent-priv".into(),
+            "noderax-agent-priv",
+        ),
+    ] {
+        assert!(
+            std::fs::read(root.path(&installed)).unwrap()
+                == std::fs::read(bins.join(built)).unwrap(),
+            "{installed} is not {built}"
+        );
+    }
+    for unit in [
+        "noderax-agent.service",
+        "noderax-agent-exec.socket",
+        "noderax-agent-exec.service",
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(root.path(&format!("/etc/systemd/system/{unit}"))).unwrap(),
+            std::fs::read_to_string(repo().join("systemd").join(unit)).unwrap(),
+            "{unit}"
+        );
+    }
+    assert_eq!(
+        root.link("/etc/systemd/system/multi-user.target.wants/noderax-agent.service"),
+        "/etc/systemd/system/noderax-agent.service"
+    );
+    assert_eq!(
+        root.link("/etc/systemd/system/sockets.target.wants/noderax-agent-exec.socket"),
+        "/etc/systemd/system/noderax-agent-exec.socket"
+    );
+
+    // The sudoers drop-in grants noderax the helper and nothing else, and
+    // sudo accepts it.
+    let sudoers = std::fs::read_to_string(root.path("/etc/sudoers.d/noderax-agent")).unwrap();
+    let rules: Vec<&str> = sudoers
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        rules,
+        ["noderax ALL=(root) NOPASSWD: /usr/local/libexec/noderax-agent-priv"]
+    );
+    let visudo = Command::new("visudo")
+        .arg("-cf")
+        .arg(root.path("/etc/sudoers.d/noderax-agent"))
+        .output()
+        .unwrap();
+    assert!(visudo.status.success(), "{}", text(&visudo));
+    assert!(
+        !std::fs::read_dir(root.path("/etc/sudoers.d"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name() != "noderax-agent"),
+        "a temporary sudoers file was left behind"
+    );
+
+    // Config: what the installer knows, nothing else; identity from the testbed.
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.path("/etc/noderax-agent/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config,
+        serde_json::json!({
+            "api_url": tb.api_url(),
+            "state_file": "/var/lib/noderax-agent/agent_identity.json",
+            "log_level": "info",
+        })
+    );
+    let identity: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.path("/var/lib/noderax-agent/agent_identity.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(identity["node_id"], node_id.as_str());
+
+    // The manifest lists exactly what the installer created, each once.
+    let manifest = root.manifest();
+    let listed: BTreeSet<String> = manifest.iter().cloned().collect();
+    assert_eq!(listed.len(), manifest.len(), "duplicates: {manifest:?}");
+    let created: BTreeSet<String> = root
+        .paths()
+        .difference(&skeleton)
+        .filter(|p| {
+            // useradd's backups; systemctl enable's links (enabled-units).
+            !p.ends_with('-') && !p.contains(".wants")
+        })
+        .cloned()
+        .collect();
+    assert_eq!(listed, created, "manifest (left) vs created paths (right)");
+    assert_eq!(root.manifest_field("created-users"), "noderax-net noderax");
+    assert_eq!(root.manifest_field("created-groups"), "noderax-net noderax");
+    assert_eq!(
+        root.manifest_field("enabled-units"),
+        "noderax-agent-exec.socket noderax-agent.service"
+    );
+    for parent_first in [
+        ("/opt/noderax-agent", "/opt/noderax-agent/releases"),
+        (
+            "/var/lib/noderax-agent",
+            "/var/lib/noderax-agent/agent_identity.json",
+        ),
+        (
+            "/usr/local/libexec",
+            "/usr/local/libexec/noderax-agent-priv",
+        ),
+    ] {
+        let pos = |p: &str| manifest.iter().position(|m| m == p).unwrap();
+        assert!(
+            pos(parent_first.0) < pos(parent_first.1),
+            "{parent_first:?}"
+        );
+    }
+
+    // Re-running upgrades in place: same release, identity and config kept,
+    // nothing new; the bootstrap token is not used again.
+    let identity_before =
+        std::fs::read(root.path("/var/lib/noderax-agent/agent_identity.json")).unwrap();
+    let config_before = std::fs::read(root.path("/etc/noderax-agent/config.json")).unwrap();
+    let tree_before = root.tree();
+    let mut cmd = installer(&[
+        "--root",
+        root.dir(),
+        "--api-url",
+        &tb.api_url(),
+        "--bootstrap-token",
+        &token,
+    ]);
+    cmd.env(
+        "NODERAX_AGENT_DOWNLOAD_BASE_URL",
+        format!("{}/cdn", tb.api_url()),
+    );
+    let out = run_async(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already enrolled"));
+    let tree_after = root.tree();
+    assert_eq!(
+        tree_after.difference(&tree_before).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "a re-run of the same release changed the root"
+    );
+    assert_eq!(root.manifest(), manifest);
+
+    // An upgrade from a local release directory: a new release beside the
+    // old one, `current` and `previous` switched, identity and config kept.
+    let next = "9.9.9-test";
+    let fake_agent = releases.path().join("fake-agent");
+    std::fs::write(
+        &fake_agent,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = version ] && echo 'noderax-agent {next}' && exit 0\nexit 1\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake_agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    make_release(releases.path(), next, &fake_agent, false);
+    let release_dir = releases.path().to_str().unwrap().to_owned();
+    let out = run_async(installer(&[
+        "--root",
+        root.dir(),
+        "--api-url",
+        &tb.api_url(),
+        "--bootstrap-token",
+        &token,
+        "--release-dir",
+        &release_dir,
+        "--version",
+        next,
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        root.link("/opt/noderax-agent/current"),
+        format!("releases/{next}")
+    );
+    assert_eq!(
+        root.link("/opt/noderax-agent/previous"),
+        format!("releases/{v}")
+    );
+    root.assert_attrs(
+        &format!("/opt/noderax-agent/releases/{next}/noderax-agent"),
+        0,
+        0,
+        0o755,
+    );
+    assert_eq!(
+        std::fs::read(root.path("/var/lib/noderax-agent/agent_identity.json")).unwrap(),
+        identity_before
+    );
+    assert_eq!(
+        std::fs::read(root.path("/etc/noderax-agent/config.json")).unwrap(),
+        config_before
+    );
+    let upgraded = root.manifest();
+    assert_eq!(
+        &upgraded[..manifest.len()],
+        &manifest[..],
+        "earlier entries kept in order"
+    );
+    for new in [
+        format!("/opt/noderax-agent/releases/{next}"),
+        format!("/opt/noderax-agent/releases/{next}/noderax-agent"),
+        "/opt/noderax-agent/previous".into(),
+    ] {
+        assert!(
+            upgraded.contains(&new),
+            "{new} not in the manifest: {upgraded:?}"
+        );
+    }
+    // The published version must be the one the binary reports.
+    let out = run_async(installer(&[
+        "--root",
+        root.dir(),
+        "--api-url",
+        &tb.api_url(),
+        "--bootstrap-token",
+        &token,
+        "--release-dir",
+        &format!("{release_dir}/{next}"),
+        "--version",
+        "9.9.8",
+    ]))
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("report version 9.9.9-test"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checksum_mismatch_aborts_before_anything_is_installed() {
+    if skip_unless_root() {
+        return;
+    }
+    let releases = tempfile::tempdir().unwrap();
+    make_release(
+        releases.path(),
+        "latest",
+        &bin_dir().join("noderax-agent"),
+        true,
+    );
+    let tb = Testbed::start(testbed_with_releases(releases.path()))
+        .await
+        .unwrap();
+    let token = tb.create_install("mismatch");
+    let root = FakeRoot::new();
+    let mut cmd = installer(&[
+        "--root",
+        root.dir(),
+        "--api-url",
+        &tb.api_url(),
+        "--bootstrap-token",
+        &token,
+    ]);
+    cmd.env(
+        "NODERAX_AGENT_DOWNLOAD_BASE_URL",
+        format!("{}/cdn", tb.api_url()),
+    );
+    let out = run_async(cmd).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SHA-256 mismatch for noderax-agent-exec-linux-"),
+        "{}",
+        text(&out)
+    );
+
+    let install = tb.install(&token).unwrap();
+    let last = install.reports.last().expect("reports");
+    assert_eq!(
+        (
+            last.stage.as_str(),
+            last.status.as_str(),
+            last.progress_percent
+        ),
+        ("failed", "failed", Some(60)),
+        "{:?}",
+        stages(&install)
+    );
+    assert!(
+        last.status_message
+            .as_deref()
+            .is_some_and(|m| m.contains("SHA-256 mismatch") && m.contains("nothing was installed")),
+        "{:?}",
+        last.status_message
+    );
+    assert_eq!(
+        (install.status.as_str(), install.progress_percent),
+        ("failed", 60)
+    );
+    assert!(install.node_id.is_none(), "the token was consumed");
+    assert!(
+        !stages(&install)
+            .iter()
+            .any(|(s, _, _)| s == "binary_downloaded"),
+        "{:?}",
+        stages(&install)
+    );
+
+    // Nothing of the release, no config, sudoers, units or identity.
+    let releases_dir = std::fs::read_dir(root.path("/opt/noderax-agent/releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect::<Vec<_>>();
+    assert!(releases_dir.is_empty(), "{releases_dir:?}");
+    for absent in [
+        "/opt/noderax-agent/current",
+        "/usr/local/libexec/noderax-agent-priv",
+        "/usr/local/bin/noderax-agent",
+        "/etc/noderax-agent/config.json",
+        "/etc/sudoers.d/noderax-agent",
+        "/etc/systemd/system/noderax-agent.service",
+        "/etc/systemd/system/noderax-agent-exec.socket",
+        "/etc/systemd/system/noderax-agent-exec.service",
+        "/var/lib/noderax-agent/agent_identity.json",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(root.path(absent)).is_err(),
+            "{absent} exists"
+        );
+    }
+    // What was created (users, directories) is in the manifest.
+    for listed in root.manifest() {
+        assert!(
+            root.path(&listed).exists(),
+            "{listed} is listed but missing"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_release_signature_is_checked_with_the_given_key() {
+    if skip_unless_root() {
+        return;
+    }
+    let minisign = require_tool("minisign", "minisign");
+    let keys = tempfile::tempdir().unwrap();
+    let k = keys.path();
+    for name in ["signer", "other"] {
+        let out = Command::new(&minisign)
+            .args(["-G", "-W", "-p"])
+            .arg(k.join(format!("{name}.pub")))
+            .arg("-s")
+            .arg(k.join(format!("{name}.key")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let releases = tempfile::tempdir().unwrap();
+    make_release(
+        releases.path(),
+        "latest",
+        &bin_dir().join("noderax-agent"),
+        false,
+    );
+    let sums = releases.path().join("latest/SHA256SUMS");
+    let out = Command::new(&minisign)
+        .arg("-S")
+        .arg("-s")
+        .arg(k.join("signer.key"))
+        .arg("-m")
+        .arg(&sums)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let tb = Testbed::start(testbed_with_releases(releases.path()))
+        .await
+        .unwrap();
+    let run = |root: &FakeRoot, token: &str, key: &Path| {
+        let mut cmd = installer(&[
+            "--root",
+            root.dir(),
+            "--api-url",
+            &tb.api_url(),
+            "--bootstrap-token",
+            token,
+            "--release-key",
+            key.to_str().unwrap(),
+        ]);
+        cmd.env(
+            "NODERAX_AGENT_DOWNLOAD_BASE_URL",
+            format!("{}/cdn", tb.api_url()),
+        );
+        run_async(cmd)
+    };
+
+    // Signed by another key: refused before anything is installed.
+    let token = tb.create_install("signed");
+    let root = FakeRoot::new();
+    let out = run(&root, &token, &k.join("other.pub")).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    let install = tb.install(&token).unwrap();
+    assert_eq!(install.status, "failed");
+    let message = install
+        .reports
+        .last()
+        .unwrap()
+        .status_message
+        .clone()
+        .unwrap();
+    assert!(
+        message.contains("signature of SHA256SUMS does not verify"),
+        "{message}"
+    );
+    assert!(!root.path("/etc/noderax-agent/release.pub").exists());
+    assert!(!root.path("/opt/noderax-agent/current").exists());
+
+    // The signer's key: installed, and the key is kept for the root helper.
+    let token = tb.create_install("signed-ok");
+    let root = FakeRoot::new();
+    let out = run(&root, &token, &k.join("signer.pub")).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("signature of SHA256SUMS verified"),
+        "{stdout}"
+    );
+    assert_eq!(tb.install(&token).unwrap().status, "completed");
+    root.assert_attrs("/etc/noderax-agent/release.pub", 0, 0, 0o644);
+    assert_eq!(
+        std::fs::read(root.path("/etc/noderax-agent/release.pub")).unwrap(),
+        std::fs::read(k.join("signer.pub")).unwrap()
+    );
+    assert!(
+        root.manifest()
+            .contains(&"/etc/noderax-agent/release.pub".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_command_is_reported_with_its_words() {
+    if skip_unless_root() {
+        return;
+    }
+    let tb = Testbed::start(TestbedConfig::fast()).await.unwrap();
+    let token = tb.create_install("broken");
+    let root = FakeRoot::new();
+    // A file where the config directory goes: `install -d` fails.
+    std::fs::write(root.path("/etc/noderax-agent"), "").unwrap();
+    let out = run_async(installer(&[
+        "--root",
+        root.dir(),
+        "--api-url",
+        &tb.api_url(),
+        "--bootstrap-token",
+        &token,
+    ]))
+    .await;
+    assert!(!out.status.success(), "{}", text(&out));
+    let install = tb.install(&token).unwrap();
+    let last = install.reports.last().unwrap();
+    let want = format!(
+        "creating the service users and directories: `install -d -o root -g root -m 0755 {}` failed (exit status 1)",
+        root.path("/etc/noderax-agent").display()
+    );
+    assert_eq!(
+        (
+            last.stage.as_str(),
+            last.status.as_str(),
+            last.progress_percent
+        ),
+        ("failed", "failed", Some(30))
+    );
+    assert_eq!(last.status_message.as_deref(), Some(want.as_str()));
+    assert_eq!(install.status, "failed");
+}
