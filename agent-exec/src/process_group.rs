@@ -51,8 +51,15 @@ pub fn kill_session(sid: i32) {
     }
 }
 
-/// Live (non-zombie) processes whose session id is `sid`.
-pub fn session_members(sid: i32) -> Vec<i32> {
+/// One live (non-zombie) process from /proc: pid, parent, session.
+struct ProcEntry {
+    pid: i32,
+    ppid: i32,
+    session: i32,
+}
+
+/// Every live process, read from `/proc/<pid>/stat`.
+fn live_processes() -> Vec<ProcEntry> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -70,11 +77,23 @@ pub fn session_members(sid: i32) -> Vec<i32> {
         };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         // state ppid pgrp session ...
-        if fields.len() > 3 && fields[0] != "Z" && fields[3] == sid.to_string() {
-            out.push(pid);
+        if fields.len() > 3
+            && fields[0] != "Z"
+            && let (Ok(ppid), Ok(session)) = (fields[1].parse(), fields[3].parse())
+        {
+            out.push(ProcEntry { pid, ppid, session });
         }
     }
     out
+}
+
+/// Live (non-zombie) processes whose session id is `sid`.
+pub fn session_members(sid: i32) -> Vec<i32> {
+    live_processes()
+        .into_iter()
+        .filter(|p| p.session == sid)
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// Sends SIGKILL to `pid` and every descendant of it (found in /proc by
@@ -120,30 +139,11 @@ pub fn kill_tree(pid: i32) {
 
 /// `root` and its live descendants, never `own` (the executor).
 fn tree(root: i32, own: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     // (pid, ppid) of every live process.
-    let mut procs: Vec<(i32, i32)> = Vec::new();
-    for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // state ppid ...
-        if fields.len() > 1
-            && fields[0] != "Z"
-            && let Ok(ppid) = fields[1].parse::<i32>()
-        {
-            procs.push((pid, ppid));
-        }
-    }
+    let procs: Vec<(i32, i32)> = live_processes()
+        .into_iter()
+        .map(|p| (p.pid, p.ppid))
+        .collect();
     let mut out: Vec<i32> = procs
         .iter()
         .filter(|(pid, _)| *pid == root)
