@@ -307,54 +307,49 @@ async fn serve(
         shutdown.clone(),
     ));
 
-    if cfg.realtime_enabled {
-        let sio = SioConfig {
-            api_url: cfg.api_url.clone(),
-            path: cfg.realtime_path.clone(),
-            namespace: cfg.realtime_namespace.clone(),
-            tls: tls.clone(),
-            connect_timeout: cfg.request_timeout,
-        };
-        match realtime_session::preflight(&sio, cfg.request_timeout).await {
-            Ok(()) => log::info("realtime pre-flight passed"),
-            Err(why) => log::info(format_args!(
-                "realtime pre-flight did not pass ({why}); not fatal, connecting over WebSocket anyway"
-            )),
-        }
-        tokio::spawn(realtime_session::run(
-            SessionSettings {
-                sio,
-                identity: identity.clone(),
-                host: host.clone(),
-                ping_interval: cfg.realtime_ping_interval,
-                metrics_interval: cfg.metrics_interval,
-                auth_timeout: cfg.request_timeout,
-                jitter: cfg.realtime_backoff_jitter,
-            },
-            root.clone(),
-            metrics::Collector::new(),
-            socket_out_rx,
-            server_tx,
-            session_tx,
-            shutdown.clone(),
-        ));
-        // The heartbeat and the terminal queue follow the authenticated state.
-        let mut st = session_status.clone();
-        tokio::spawn(async move {
-            loop {
-                let up = st.borrow_and_update().authenticated;
-                socket_up_tx.send_if_modified(|v| std::mem::replace(v, up) != up);
-                if st.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-    } else {
-        log::warn(
-            "realtime_enabled is false: no socket, so no terminals and no realtime metrics; presence by HTTP heartbeat only",
-        );
-        drop(socket_up_tx);
+    // The socket is always used: the config forces realtime_enabled on,
+    // as the original agent did (terminals and presence depend on it).
+    let sio = SioConfig {
+        api_url: cfg.api_url.clone(),
+        path: cfg.realtime_path.clone(),
+        namespace: cfg.realtime_namespace.clone(),
+        tls: tls.clone(),
+        connect_timeout: cfg.request_timeout,
+    };
+    match realtime_session::preflight(&sio, cfg.request_timeout).await {
+        Ok(()) => log::info("realtime pre-flight passed"),
+        Err(why) => log::info(format_args!(
+            "realtime pre-flight did not pass ({why}); not fatal, connecting over WebSocket anyway"
+        )),
     }
+    tokio::spawn(realtime_session::run(
+        SessionSettings {
+            sio,
+            identity: identity.clone(),
+            host: host.clone(),
+            ping_interval: cfg.realtime_ping_interval,
+            metrics_interval: cfg.metrics_interval,
+            auth_timeout: cfg.request_timeout,
+            jitter: cfg.realtime_backoff_jitter,
+        },
+        root.clone(),
+        metrics::Collector::new(),
+        socket_out_rx,
+        server_tx,
+        session_tx,
+        shutdown.clone(),
+    ));
+    // The heartbeat and the terminal queue follow the authenticated state.
+    let mut st = session_status.clone();
+    tokio::spawn(async move {
+        loop {
+            let up = st.borrow_and_update().authenticated;
+            socket_up_tx.send_if_modified(|v| std::mem::replace(v, up) != up);
+            if st.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     tokio::spawn(heartbeat::run(
         client.clone(),
         identity.clone(),
