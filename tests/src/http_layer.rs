@@ -2,7 +2,7 @@
 //! injection, and filling the route path into error bodies.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -53,7 +53,7 @@ pub async fn around(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
     let mut slow = None;
     for action in &actions {
         match action {
-            FaultAction::Latency(d) => tokio::time::sleep(*d).await,
+            FaultAction::Latency(d) => exact_delay(*d).await,
             FaultAction::DropConnection => {
                 inner.recorder.request(RecordedRequest {
                     at_ms: inner.recorder.now_ms(),
@@ -159,7 +159,7 @@ fn finish(
 }
 
 /// Sends the body in small pieces with a pause between them.
-async fn trickle(resp: Response, chunk: usize, delay: std::time::Duration) -> Response {
+async fn trickle(resp: Response, chunk: usize, delay: Duration) -> Response {
     let (parts, body) = resp.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
@@ -172,4 +172,17 @@ async fn trickle(resp: Response, chunk: usize, delay: std::time::Duration) -> Re
     let mut resp = Response::from_parts(parts, Body::from_stream(stream));
     resp.headers_mut().remove("content-length");
     resp
+}
+
+/// Waits `d` as exactly as an injected fault should: Tokio's timer fires on
+/// the next millisecond tick after its deadline (a "2 ms" sleep lasted about
+/// 3.1 ms), so the last millisecond is waited out by yielding.
+async fn exact_delay(d: Duration) {
+    let deadline = tokio::time::Instant::now() + d;
+    if let Some(coarse) = d.checked_sub(Duration::from_millis(1)) {
+        tokio::time::sleep(coarse).await;
+    }
+    while tokio::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
 }
