@@ -73,11 +73,7 @@ struct Cli {
     #[arg(long, value_name = "PATH", default_value = "/usr/bin/sudo")]
     sudo: PathBuf,
     /// The root helper (`noderax-agent-priv`).
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/usr/local/libexec/noderax-agent-priv"
-    )]
+    #[arg(long, value_name = "PATH", default_value = shared::config::HELPER_PATH)]
     helper: PathBuf,
     /// Most root access this host allows (config key root_access_ceiling);
     /// package changes need one that includes `operational`, as does the

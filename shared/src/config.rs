@@ -60,6 +60,9 @@ impl LogLevel {
     }
 }
 
+/// Where the installer puts the root helper; the executor and `doctor` default to it.
+pub const HELPER_PATH: &str = "/usr/local/libexec/noderax-agent-priv";
+
 /// The effective configuration.
 #[derive(Clone, PartialEq)]
 pub struct Config {

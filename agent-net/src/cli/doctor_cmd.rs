@@ -52,11 +52,7 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "PATH", default_value = "/usr/bin/sudo")]
     sudo: PathBuf,
     /// The root helper the executor runs through sudo (noderax-agent-exec --helper).
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/usr/local/libexec/noderax-agent-priv"
-    )]
+    #[arg(long, value_name = "PATH", default_value = shared::config::HELPER_PATH)]
     helper: PathBuf,
 }
 
