@@ -7,6 +7,7 @@
 //! - [`ipc`]: frames and messages between `agent-net` and `agent-exec`.
 //! - [`validate`]: checks on untrusted strings (package names, versions,
 //!   UUIDs) that the executor and the root helper both apply.
+//! - [`release_files`]: the file names a release is made of.
 //! - [`build_info`], [`timestamp`], [`go_duration`]: small formats.
 //!
 //! With `default-features = false` only the dependency-free modules remain,
@@ -15,6 +16,7 @@
 pub mod build_info;
 mod civil;
 pub mod go_duration;
+pub mod release_files;
 pub mod timestamp;
 pub mod validate;
 

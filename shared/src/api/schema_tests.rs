@@ -462,3 +462,61 @@ fn release_manifest_rules() {
     assert!(main.artifact_for("amd64").is_err());
     assert_eq!(release::artifact_name("arm64"), "noderax-agent-linux-arm64");
 }
+
+#[test]
+fn release_manifest_components() {
+    let sha = |c: char| c.to_string().repeat(64);
+    let text = format!(
+        r#"{{"version":"1.0.3","channel":"tag","artifacts":{{"amd64":{{
+            "binaryUrl":"https://cdn/a","sha256":"{}",
+            "components":{{"noderax-agent-exec":{{"url":"https://cdn/e","sha256":"{}"}},
+                           "noderax-agent-priv":{{"url":"https://cdn/p","sha256":"{}"}}}}}}}}}}"#,
+        sha('A'),
+        sha('b'),
+        sha('c')
+    );
+    let m: release::ReleaseManifest = serde_json::from_str(&text).unwrap();
+    let d = m.downloads_for("amd64").unwrap();
+    let got: Vec<(&str, &str, &str)> = d
+        .iter()
+        .map(|f| (f.program, f.url.as_str(), f.sha256.as_str()))
+        .collect();
+    let (a, b, c) = (sha('a'), sha('b'), sha('c'));
+    assert_eq!(
+        got,
+        [
+            ("noderax-agent", "https://cdn/a", a.as_str()),
+            ("noderax-agent-exec", "https://cdn/e", b.as_str()),
+            ("noderax-agent-priv", "https://cdn/p", c.as_str()),
+        ]
+    );
+    // Round trip keeps the extension; a manifest without it still parses
+    // (the control plane's view) but cannot be installed by this agent.
+    let again: release::ReleaseManifest =
+        serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+    assert_eq!(again, m);
+    let mut single = m.clone();
+    single
+        .artifacts
+        .get_mut("amd64")
+        .unwrap()
+        .components
+        .clear();
+    let e = single.downloads_for("amd64").unwrap_err();
+    assert!(e.contains("does not publish noderax-agent-exec"), "{e}");
+    assert!(
+        !serde_json::to_string(&single)
+            .unwrap()
+            .contains("components")
+    );
+    let mut bad = m;
+    bad.artifacts
+        .get_mut("amd64")
+        .unwrap()
+        .components
+        .get_mut("noderax-agent-priv")
+        .unwrap()
+        .sha256 = "xyz".into();
+    let e = bad.downloads_for("amd64").unwrap_err();
+    assert!(e.contains("no valid sha256 for noderax-agent-priv"), "{e}");
+}

@@ -1,0 +1,64 @@
+//! Names of the files that make up a release, shared by everything that
+//! builds, publishes, downloads, stages or installs one (the release script,
+//! the installer's tests, agent-net's self-update and the root helper).
+//!
+//! A release is three programs. PROTOCOL.md §10.4 publishes only
+//! `noderax-agent-linux-ARCH`; this agent publishes the executor and the
+//! root helper beside it (`noderax-agent-exec-linux-ARCH`,
+//! `noderax-agent-priv-linux-ARCH`, in the same `SHA256SUMS`) and lists them
+//! in the manifest under `artifacts.ARCH.components` (see
+//! `api::release::ReleaseArtifact`), so that an update replaces all three
+//! together. The control plane reads only `binaryUrl` and `sha256`.
+//!
+//! Installed, a release is the directory `/opt/noderax-agent/releases/VERSION`
+//! holding [`PROGRAMS`] under their plain names, the manifest and, when
+//! published, its signature.
+
+/// The network process (`binaryUrl` in the manifest).
+pub const AGENT: &str = "noderax-agent";
+/// The executor.
+pub const EXECUTOR: &str = "noderax-agent-exec";
+/// The root helper.
+pub const HELPER: &str = "noderax-agent-priv";
+/// Every program of a release; the first is the manifest's main artifact.
+pub const PROGRAMS: [&str; 3] = [AGENT, EXECUTOR, HELPER];
+/// Programs listed under `artifacts.ARCH.components`.
+pub const COMPONENTS: [&str; 2] = [EXECUTOR, HELPER];
+
+/// `releases/VERSION/release-manifest.json`.
+pub const MANIFEST: &str = "release-manifest.json";
+/// Detached minisign signature of the manifest, when published.
+pub const SIGNATURE: &str = "release-manifest.json.minisig";
+/// `sha256sum` listing of every artifact of a release.
+pub const CHECKSUMS: &str = "SHA256SUMS";
+
+/// The published file name of `program` for `arch`:
+/// `noderax-agent-exec-linux-amd64`.
+pub fn artifact_name(program: &str, arch: &str) -> String {
+    format!("{program}-linux-{arch}")
+}
+
+/// The release architecture name of the machine this runs on
+/// (PROTOCOL.md §10.4), or `None` where no release is built.
+pub fn host_arch() -> Option<&'static str> {
+    match std::env::consts::ARCH {
+        "x86_64" => Some("amd64"),
+        "aarch64" => Some("arm64"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(artifact_name(AGENT, "amd64"), "noderax-agent-linux-amd64");
+        assert_eq!(
+            artifact_name(HELPER, "arm64"),
+            "noderax-agent-priv-linux-arm64"
+        );
+        assert_eq!(&PROGRAMS[1..], &COMPONENTS);
+    }
+}
