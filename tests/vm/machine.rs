@@ -216,6 +216,11 @@ impl Machine {
         )
     }
 
+    /// This machine's directory (logs, sockets).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Fails if QEMU or the vsock backend has exited.
     fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(st) = self.qemu.try_wait()? {

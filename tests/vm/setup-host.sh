@@ -71,8 +71,9 @@ printf '%s\n' "$mirror" >"$build_dir/mirror"
 
 dpkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
+# apt's output goes to stderr: stdout carries only the result (last line).
 apt_host() {
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 "$@"
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 "$@" >&2
 }
 
 missing=()
@@ -112,7 +113,7 @@ if [[ ! -x $vsock_bin ]]; then
     mkdir -p "$cache_dir"
     # Its own target directory: never the project's, and removed afterwards.
     CARGO_TARGET_DIR=$cache_dir/vhost-device-vsock-build \
-        cargo install --quiet --locked --version "$VHOST_VSOCK_VERSION" --root "$vsock_root.new" vhost-device-vsock
+        cargo install --quiet --locked --version "$VHOST_VSOCK_VERSION" --root "$vsock_root.new" vhost-device-vsock >&2
     rm -rf "$vsock_root" "$cache_dir/vhost-device-vsock-build"
     mv "$vsock_root.new" "$vsock_root"
 fi

@@ -18,6 +18,11 @@ const PHASE_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
     let mut env = Env::boot(suite, "4-crash").await?;
+    let result = steps(&mut env, suite).await;
+    env.conclude(result).await
+}
+
+async fn steps(env: &mut Env, _suite: &Suite) -> anyhow::Result<Vec<String>> {
     let node = env.install().await?.node_id;
     let mut notes = Vec::new();
 
@@ -114,6 +119,5 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
     notes.push(format!("executor restart: task failed: {reason}"));
     let next = env.shell_ok(&node, "echo next-task-ran").await?;
     ensure!(next.contains("next-task-ran"), "next task output: {next}");
-    env.finish().await;
-    Ok(Outcome::Pass(notes))
+    Ok(notes)
 }

@@ -27,11 +27,16 @@ const MAX_EXPOSURE: f64 = 2.0;
 
 pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
     let mut env = Env::boot(suite, "1-install").await?;
+    let result = steps(&mut env, suite).await;
+    env.conclude(result).await
+}
+
+async fn steps(env: &mut Env, suite: &Suite) -> anyhow::Result<Vec<String>> {
     let installed = env.install().await?;
     let mut notes = vec![format!("install {}", secs(installed.duration))];
-    check_progress(&env, &installed)?;
-    check_layout(&mut env, &suite.layout.version).await?;
-    check_binaries(&mut env, suite).await?;
+    check_progress(env, &installed)?;
+    check_layout(env, &suite.layout.version).await?;
+    check_binaries(env, suite).await?;
     let node = env.tb.node(&installed.node_id).context("node vanished")?;
     ensure!(
         node.agent_version.as_deref() == Some(suite.layout.version.as_str()),
@@ -44,7 +49,7 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
         "the installer printed the bootstrap token"
     );
     for unit in ["noderax-agent.service", "noderax-agent-exec.service"] {
-        let score = exposure(&mut env, unit).await?;
+        let score = exposure(env, unit).await?;
         notes.push(format!("{unit} exposure {score:.1}"));
         if unit == "noderax-agent.service" {
             ensure!(
@@ -54,11 +59,8 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
         }
     }
     // Last, so that a failure still reports the scores above.
-    check_healthy(&mut env)
-        .await
-        .with_context(|| notes.join("; "))?;
-    env.finish().await;
-    Ok(Outcome::Pass(notes))
+    check_healthy(env).await.with_context(|| notes.join("; "))?;
+    Ok(notes)
 }
 
 fn check_progress(env: &Env, installed: &Installed) -> anyhow::Result<()> {

@@ -300,9 +300,57 @@ impl Env {
             .with_context(|| format!("MainPID of {unit}: {out:?}"))
     }
 
-    /// Powers the machine off cleanly.
-    pub async fn finish(self) {
-        self.vm.shutdown().await;
+    /// Ends a scenario: on success powers the machine off cleanly; on
+    /// failure saves the guest's journal next to the console log and adds
+    /// the agent units' last journal lines to the error.
+    pub async fn conclude(
+        mut self,
+        result: anyhow::Result<Vec<String>>,
+    ) -> anyhow::Result<Outcome> {
+        match result {
+            Ok(notes) => {
+                self.vm.shutdown().await;
+                Ok(Outcome::Pass(notes))
+            }
+            Err(e) => {
+                let saved = self.save_journal().await;
+                let units = self
+                    .vm
+                    .agent
+                    .sh(
+                        "journalctl --no-pager -o short-monotonic -n 25 -u noderax-agent.service \
+                         -u noderax-agent-exec.service -u noderax-agent-exec.socket",
+                        CMD_TIMEOUT,
+                    )
+                    .await
+                    .map(|o| o.stdout)
+                    .unwrap_or_else(|e| format!("(journal unavailable: {e:#})"));
+                Err(anyhow::anyhow!(
+                    "{e:#}\n  guest journal: {saved}\n  last lines of the agent units:\n{}",
+                    units
+                        .lines()
+                        .map(|l| format!("    {l}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ))
+            }
+        }
+    }
+
+    async fn save_journal(&mut self) -> String {
+        let path = self.vm.dir().join("journal.log");
+        match self
+            .vm
+            .agent
+            .sh("journalctl -b --no-pager -o short-monotonic", CMD_TIMEOUT)
+            .await
+        {
+            Ok(out) => match std::fs::write(&path, out.stdout) {
+                Ok(()) => path.display().to_string(),
+                Err(e) => format!("could not write {}: {e}", path.display()),
+            },
+            Err(e) => format!("not available ({e:#})"),
+        }
     }
 }
 

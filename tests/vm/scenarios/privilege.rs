@@ -106,6 +106,11 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
     };
     build_repository(&suite.layout.root, dpkg_deb, scan)?;
     let mut env = Env::boot(suite, "3-privilege").await?;
+    let result = steps(&mut env, suite).await;
+    env.conclude(result).await
+}
+
+async fn steps(env: &mut Env, _suite: &Suite) -> anyhow::Result<Vec<String>> {
     let node = env.install().await?.node_id;
     env.vm
         .agent
@@ -239,11 +244,10 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
         status == "install ok installed",
         "{PKG_TASK} after the packageInstall task: {status:?}"
     );
-    env.finish().await;
-    Ok(Outcome::Pass(vec![format!(
+    Ok(vec![format!(
         "{} refusals checked, {refused} refusals audited",
         attempts.len()
-    )]))
+    )])
 }
 
 /// `<root>/apt/`: the two packages, `Packages` and a `Release` naming it.

@@ -15,6 +15,11 @@ const RECONNECT_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
     let mut env = Env::boot(suite, "7-reboot").await?;
+    let result = steps(&mut env, suite).await;
+    env.conclude(result).await
+}
+
+async fn steps(env: &mut Env, _suite: &Suite) -> anyhow::Result<Vec<String>> {
     let node = env.install().await?.node_id;
     let auths = |env: &Env| {
         env.tb
@@ -23,7 +28,7 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
             .filter(|e| e.direction == Direction::In && e.event == AGENT_AUTH)
             .count()
     };
-    let before = auths(&env);
+    let before = auths(env);
     let started = Instant::now();
     env.vm.reboot(REBOOT_TIMEOUT).await?;
     let rebooted = started.elapsed();
@@ -63,9 +68,8 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
         )
         .await?;
     ensure!(out.contains("after-reboot"), "task after the reboot: {out}");
-    env.finish().await;
-    Ok(Outcome::Pass(vec![
+    Ok(vec![
         format!("rebooted in {}", secs(rebooted)),
         format!("reconnected {} after the reboot began", secs(reconnected)),
-    ]))
+    ])
 }

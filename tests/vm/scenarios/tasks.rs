@@ -17,6 +17,11 @@ const TERMINAL_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
     let mut env = Env::boot(suite, "2-tasks").await?;
+    let result = steps(&mut env, suite).await;
+    env.conclude(result).await
+}
+
+async fn steps(env: &mut Env, _suite: &Suite) -> anyhow::Result<Vec<String>> {
     let installed = env.install().await?;
     let node = installed.node_id.clone();
     let mut notes = vec![format!("install {}", secs(installed.duration))];
@@ -173,6 +178,5 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
             t.task_type
         );
     }
-    env.finish().await;
-    Ok(Outcome::Pass(notes))
+    Ok(notes)
 }
