@@ -23,7 +23,7 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
 }
 
 async fn steps(env: &mut Env, _suite: &Suite) -> anyhow::Result<Vec<String>> {
-    let node = env.install().await?.node_id;
+    let node = env.install_healthy().await?.node_id;
     let mut notes = Vec::new();
 
     // 1. The network process is killed mid-task.

@@ -59,7 +59,7 @@ async fn steps(env: &mut Env, suite: &Suite) -> anyhow::Result<Vec<String>> {
         }
     }
     // Last, so that a failure still reports the scores above.
-    check_healthy(env).await.with_context(|| notes.join("; "))?;
+    env.wait_healthy().await.with_context(|| notes.join("; "))?;
     Ok(notes)
 }
 
@@ -286,21 +286,6 @@ async fn check_layout(env: &mut Env, version: &str) -> anyhow::Result<()> {
             .await?;
         ensure!(owner.trim() == user, "{unit} runs as {}", owner.trim());
     }
-    Ok(())
-}
-
-/// `noderax-agent status` (as root) says the agent is running and healthy:
-/// connected to the control plane and to its executor.
-async fn check_healthy(env: &mut Env) -> anyhow::Result<()> {
-    let status = env.vm.agent.sh("noderax-agent status", CMD_TIMEOUT).await?;
-    ensure!(
-        status.success(),
-        "noderax-agent status does not report a healthy agent ({}):\n{}",
-        status
-            .code
-            .map_or("no exit status".into(), |c| format!("exit status {c}")),
-        status.stdout.trim_end()
-    );
     Ok(())
 }
 

@@ -31,6 +31,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
 /// From `service_started` to the node being online in the testbed.
 const ONLINE_TIMEOUT: Duration = Duration::from_secs(180);
+/// From online to `noderax-agent status` healthy (executor connected).
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(120);
 /// One small task (claim, run, deliver).
 pub const TASK_TIMEOUT: Duration = Duration::from_secs(300);
 /// A quick command through the guest agent.
@@ -200,6 +202,40 @@ impl Env {
             output,
             duration,
         })
+    }
+
+    /// [`Env::install`], then [`Env::wait_healthy`]: for scenarios that run
+    /// tasks, which fail fast and say why when the agent cannot.
+    pub async fn install_healthy(&mut self) -> anyhow::Result<Installed> {
+        let installed = self.install().await?;
+        self.wait_healthy().await?;
+        Ok(installed)
+    }
+
+    /// Waits until `noderax-agent status` (as root) exits 0: the agent runs
+    /// and is connected to the control plane and to its executor.
+    pub async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + HEALTHY_TIMEOUT;
+        loop {
+            let status = self
+                .vm
+                .agent
+                .sh("noderax-agent status", CMD_TIMEOUT)
+                .await?;
+            if status.success() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "noderax-agent status did not report a healthy agent within {HEALTHY_TIMEOUT:?} ({}):\n{}",
+                    status
+                        .code
+                        .map_or("no exit status".into(), |c| format!("exit status {c}")),
+                    status.stdout.trim_end()
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
     }
 
     /// Waits until the node is online (authenticated on the realtime socket).

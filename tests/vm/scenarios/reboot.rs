@@ -20,7 +20,7 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
 }
 
 async fn steps(env: &mut Env, _suite: &Suite) -> anyhow::Result<Vec<String>> {
-    let node = env.install().await?.node_id;
+    let node = env.install_healthy().await?.node_id;
     let auths = |env: &Env| {
         env.tb
             .events()
@@ -61,6 +61,7 @@ async fn steps(env: &mut Env, _suite: &Suite) -> anyhow::Result<Vec<String>> {
             )
         })?;
     let reconnected = started.elapsed();
+    env.wait_healthy().await?;
     let out = env
         .shell_ok(
             &node,

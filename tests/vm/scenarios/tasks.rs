@@ -22,7 +22,7 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Outcome> {
 }
 
 async fn steps(env: &mut Env, _suite: &Suite) -> anyhow::Result<Vec<String>> {
-    let installed = env.install().await?;
+    let installed = env.install_healthy().await?;
     let node = installed.node_id.clone();
     let mut notes = vec![format!("install {}", secs(installed.duration))];
     let token = env.tb.node(&node).context("node vanished")?.token;
