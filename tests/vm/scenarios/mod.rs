@@ -45,11 +45,11 @@ pub struct Suite {
     pub layout: Layout,
     /// Per-scenario directories (logs, sockets) go under it.
     pub work: PathBuf,
-    /// Directory of local apt repository packages (scenario 3).
+    /// Host programs some scenarios need.
     pub host_tools: HostTools,
 }
 
-/// Host programs some scenarios use.
+/// Host programs found on `PATH` (`None` when missing).
 #[derive(Debug, Clone)]
 pub struct HostTools {
     pub dpkg_deb: Option<PathBuf>,
