@@ -79,6 +79,9 @@ pub struct Readiness {
     /// Consecutive successful checks needed: a unit that crash-loops under
     /// `Restart=always` is briefly active between failures.
     pub settle: u32,
+    /// Pause before a switch restarts the units, so the executor can report
+    /// the update task's hand-off first.
+    pub handoff_grace: Duration,
 }
 
 /// Test-only points where an update is made to fail on purpose.
@@ -108,6 +111,7 @@ impl Host {
                 timeout: Duration::from_secs(60),
                 poll: Duration::from_secs(1),
                 settle: 5,
+                handoff_grace: Duration::from_secs(2),
             },
             #[cfg(test)]
             fail_at: None,
@@ -123,6 +127,7 @@ impl Host {
                 timeout: Duration::from_millis(400),
                 poll: Duration::from_millis(10),
                 settle: 3,
+                handoff_grace: Duration::ZERO,
             },
             fail_at: None,
         }
@@ -218,6 +223,26 @@ pub fn detached_argv(unit: &str, description: &str, argv: &[&OsStr]) -> Vec<std:
         "--quiet".into(),
         "--wait".into(),
         "--pipe".into(),
+        "--collect".into(),
+        format!("--unit={unit}").into(),
+        format!("--description={description}").into(),
+        "--property=Type=exec".into(),
+    ];
+    for (k, val) in CHILD_ENV {
+        v.push(format!("--setenv={k}={val}").into());
+    }
+    v.push("--".into());
+    v.extend(argv.iter().map(|a| a.to_os_string()));
+    v
+}
+
+/// Arguments that start `argv` in a transient unit of its own and return
+/// as soon as it runs (`systemd-run` without `--wait`): for work that must
+/// go on after the caller, and the caller's unit, are gone. Its output goes
+/// to the journal under the unit's name.
+pub fn background_argv(unit: &str, description: &str, argv: &[&OsStr]) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = vec![
+        "--quiet".into(),
         "--collect".into(),
         format!("--unit={unit}").into(),
         format!("--description={description}").into(),

@@ -163,6 +163,7 @@ fn dispatch(host: &Host, cmd: &Command) -> Result<String, Failure> {
         Command::RestartAgent => restart_agent(host),
         Command::Reboot => reboot(host),
         Command::UpdateApply { version, .. } => update::apply(host, version),
+        Command::UpdateSwitch { version } => update::switch(host, version),
         Command::UpdateRollback => update::rollback(host),
         Command::Check => check(host),
         Command::Version => Ok(String::new()),

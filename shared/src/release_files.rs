@@ -32,6 +32,13 @@ pub const SIGNATURE: &str = "release-manifest.json.minisig";
 /// `sha256sum` listing of every artifact of a release.
 pub const CHECKSUMS: &str = "SHA256SUMS";
 
+/// Where releases are installed: `releases/VERSION/`, `current`, `previous`.
+pub const INSTALL_DIR: &str = "/opt/noderax-agent";
+/// The root helper's outcome of the last switch to a release (JSON, written
+/// by the helper, read by the restarted network process):
+/// `{"version":"V","outcome":"current|rolled_back|failed","message":"...","finishedAt":"..."}`.
+pub const UPDATE_RESULT: &str = "/opt/noderax-agent/update-result.json";
+
 /// The published file name of `program` for `arch`:
 /// `noderax-agent-exec-linux-amd64`.
 pub fn artifact_name(program: &str, arch: &str) -> String {
