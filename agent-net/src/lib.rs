@@ -21,6 +21,8 @@
 //!   executor request.
 //! - [`state_dir`]: the files of the state directory; [`agent_status`]: the
 //!   running agent's `status.json`.
+//! - [`release_download`]: downloading, verifying and staging a release for
+//!   the self-update.
 
 pub mod agent_status;
 pub mod api_client;
@@ -38,6 +40,7 @@ pub mod metrics;
 pub mod output_clip;
 pub mod privilege_drop;
 pub mod realtime_session;
+pub mod release_download;
 pub mod root_access;
 pub mod sd_notify;
 pub mod sio_client;

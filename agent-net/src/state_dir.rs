@@ -7,6 +7,7 @@
 //!   pending_enrollment.json    an e-mail enrollment waiting for approval
 //!   status.json                what `noderax-agent run` is doing (status command)
 //!   tasks/<task id>/           one task: task.json, output.journal, delivered
+//!   updates/<version>/         a release staged for the self-update (release_download)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,12 @@ impl StateDir {
         self.tasks().join(task_id)
     }
 
+    /// Where releases are staged for the root helper's `update apply`
+    /// ([`crate::release_download`]).
+    pub fn updates(&self) -> PathBuf {
+        self.root.join("updates")
+    }
+
     /// The running agent's status file.
     pub fn status_file(&self) -> PathBuf {
         self.root.join("status.json")
@@ -60,6 +67,7 @@ mod tests {
             d.task("3f1c"),
             Path::new("/var/lib/noderax-agent/tasks/3f1c")
         );
+        assert_eq!(d.updates(), Path::new("/var/lib/noderax-agent/updates"));
         let bare = StateDir::for_state_file(Path::new("identity.json"));
         assert_eq!(bare.root(), Path::new("."));
     }
