@@ -15,7 +15,10 @@
 //! - the exit is stored before `ForgetTask`;
 //! - after a restart of either process the executor's inventory decides:
 //!   tasks it still has are replayed from the journal's last sequence
-//!   number; tasks it no longer has are completed `failed` with the reason.
+//!   number; tasks it no longer has are completed `failed` with the reason;
+//! - except an `agent.update` handed to the root helper: its own restart of
+//!   the units ends it, and the outcome the helper records decides
+//!   ([`crate::self_update`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -23,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shared::api::task::{ClaimedTask, CompletionStatus, LogStream};
-use shared::ipc::{ExecMessage, Inventory, NetMessage, Outcome, OutputStream, RunTask, TaskExit};
+use shared::ipc::{
+    ExecMessage, Inventory, NetMessage, Outcome, OutputStream, RunTask, TaskExit, TaskSpec,
+};
 use shared::timestamp::Timestamp;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::AbortHandle;
@@ -34,7 +39,9 @@ use crate::control_watch::{self, ControlEvent};
 use crate::exec_link::{ExecLink, LinkEvent};
 use crate::log;
 use crate::realtime_session::ServerEvent;
+use crate::release_download::{self, ReleaseSource};
 use crate::root_access::RootAccess;
+use crate::self_update::{self, PendingUpdate, ProgressReporter, Settled};
 use crate::state_dir::StateDir;
 use crate::task_journal::TaskJournal;
 use crate::task_report::{Delivery, ExitRecord, TaskRecord, TaskReporter};
@@ -57,6 +64,20 @@ pub struct DispatchSettings {
     pub terminal_queue: usize,
     /// The claim loop's task slots: tasks resumed from disk take theirs.
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// Self-updates: where releases come from and how to tell the outcome.
+    pub updates: UpdateSettings,
+}
+
+/// What the dispatcher needs for `agent.update` tasks.
+#[derive(Debug, Clone)]
+pub struct UpdateSettings {
+    /// Where releases are downloaded from; `Err` says why updates cannot
+    /// work on this node (the tasks fail with it).
+    pub source: Result<Arc<ReleaseSource>, String>,
+    /// The version this process runs (what the control plane compares).
+    pub own_version: String,
+    /// The root helper's outcome file (`shared::release_files::UPDATE_RESULT`).
+    pub outcome_file: PathBuf,
 }
 
 /// What `status` shows about tasks and terminals.
@@ -82,6 +103,17 @@ enum Input {
         task_id: String,
         result: std::io::Result<Delivery>,
     },
+    /// An update's release is downloaded and verified, or why not (with
+    /// the progress percentage reached).
+    UpdatePrepared {
+        task_id: String,
+        result: Result<(), (u8, String)>,
+    },
+    /// A pending update's outcome is known.
+    UpdateSettled {
+        pending: PendingUpdate,
+        settled: Settled,
+    },
 }
 
 /// The claim loop's way in: claimed tasks go to the dispatcher.
@@ -103,6 +135,8 @@ impl TaskSink for ClaimedTasks {
 
 #[derive(Debug)]
 enum Phase {
+    /// An update whose release is being downloaded; then handed over.
+    Preparing(RunTask),
     /// Waiting for the executor to be reachable.
     Pending(RunTask),
     /// The executor has it (or had it before a restart of this process).
@@ -125,6 +159,34 @@ struct Task {
     gone_on_server: bool,
     /// An operator's cancel reason, for the completion's `error`.
     cancel_reason: Option<String>,
+    /// Set for `agent.update` tasks.
+    update: Option<UpdateTask>,
+    /// The download of an update's release.
+    preparing: Option<AbortHandle>,
+}
+
+/// An `agent.update` task's target.
+struct UpdateTask {
+    version: String,
+    target_id: String,
+    rollback: bool,
+    progress: ProgressReporter,
+}
+
+impl UpdateTask {
+    /// The completion's `result` once the helper has the update (§7.6).
+    fn handoff(&self) -> serde_json::Map<String, serde_json::Value> {
+        let h = shared::api::task::UpdateHandoff {
+            status: "handoff".into(),
+            target_id: self.target_id.clone(),
+            target_version: self.version.clone(),
+            rollback: self.rollback,
+        };
+        match serde_json::to_value(h) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        }
+    }
 }
 
 impl Task {
@@ -145,6 +207,8 @@ impl Task {
             delivered: false,
             gone_on_server: false,
             cancel_reason: None,
+            update: None,
+            preparing: None,
         }
     }
 
@@ -171,6 +235,8 @@ struct Dispatcher {
     input: mpsc::Sender<Input>,
     /// Journals written since the last sync, with the highest seq each.
     dirty: HashSet<String>,
+    /// A pending update's outcome is being waited for.
+    settling: bool,
 }
 
 /// Starts a dispatcher; returns the claim loop's sink. Tasks left
@@ -200,8 +266,10 @@ pub fn start(
         tasks: HashMap::new(),
         input: tx.clone(),
         dirty: HashSet::new(),
+        settling: false,
     };
     d.recover();
+    d.settle_pending_update();
     let handle = tokio::spawn(d.run(
         rx,
         link_events,
@@ -389,8 +457,18 @@ impl Dispatcher {
             let slot = running
                 .then(|| self.s.slots.clone().try_acquire_owned().ok())
                 .flatten();
-            self.tasks
-                .insert(id.clone(), Task::new(path, journal, phase, slot));
+            let mut task = Task::new(path, journal, phase, slot);
+            if let Ok(Some(p)) = PendingUpdate::load(&self.s.state)
+                && p.task_id == id
+            {
+                task.update = Some(UpdateTask {
+                    progress: ProgressReporter::start(self.client.clone(), p.target_id.clone()),
+                    version: p.version,
+                    target_id: p.target_id,
+                    rollback: p.rollback,
+                });
+            }
+            self.tasks.insert(id.clone(), task);
             self.spawn_reporter(&id);
             if running {
                 self.spawn_control(&id);
@@ -403,6 +481,8 @@ impl Dispatcher {
             Input::Claimed { task, slot } => self.claimed(task, slot),
             Input::Control { task_id, event } => self.control(&task_id, event),
             Input::Delivered { task_id, result } => self.delivered(&task_id, result),
+            Input::UpdatePrepared { task_id, result } => self.update_prepared(&task_id, result),
+            Input::UpdateSettled { pending, settled } => self.update_settled(pending, settled),
         }
     }
 
@@ -475,6 +555,22 @@ impl Dispatcher {
                     task.task_type,
                     timeout.as_secs()
                 ));
+                if let TaskSpec::ApplyUpdate {
+                    version,
+                    target_id,
+                    rollback,
+                } = &run.spec
+                {
+                    let update = UpdateTask {
+                        progress: ProgressReporter::start(self.client.clone(), target_id.clone()),
+                        version: version.clone(),
+                        target_id: target_id.clone(),
+                        rollback: *rollback,
+                    };
+                    self.prepare_update(&id, run, update);
+                    self.spawn_control(&id);
+                    return;
+                }
                 let t = self.tasks.get_mut(&id).expect("inserted above");
                 if self.link_up {
                     self.link.send(NetMessage::RunTask(run));
@@ -617,6 +713,10 @@ impl Dispatcher {
                 log::info(format_args!("task {id}: cancel requested: {reason}"));
                 t.cancel_reason = Some(reason.clone());
                 match t.phase {
+                    Phase::Preparing(_) => {
+                        self.stop_preparing(id, &format!("update cancelled: {reason}"));
+                        self.finish_locally(id, CompletionStatus::Cancelled, reason);
+                    }
                     Phase::Pending(_) => {
                         self.finish_locally(id, CompletionStatus::Cancelled, reason);
                     }
@@ -640,9 +740,12 @@ impl Dispatcher {
                 }
                 t.delivered = true;
                 match t.phase {
-                    Phase::Pending(_) => {
-                        t.phase = Phase::Exited;
-                        t.slot = None;
+                    Phase::Preparing(_) | Phase::Pending(_) => {
+                        self.stop_preparing(id, &why);
+                        if let Some(t) = self.tasks.get_mut(id) {
+                            t.phase = Phase::Exited;
+                            t.slot = None;
+                        }
                         self.remove(id);
                     }
                     Phase::Handed => self.link.send(NetMessage::CancelTask {
@@ -679,8 +782,11 @@ impl Dispatcher {
                         task_id: id.to_owned(),
                         reason: why,
                     }),
-                    Phase::Pending(_) => {
-                        t.phase = Phase::Exited;
+                    Phase::Preparing(_) | Phase::Pending(_) => {
+                        self.stop_preparing(id, &why);
+                        if let Some(t) = self.tasks.get_mut(id) {
+                            t.phase = Phase::Exited;
+                        }
                         self.remove(id);
                     }
                     Phase::Exited => self.remove(id),
@@ -726,6 +832,20 @@ impl Dispatcher {
 
     fn executor_lost(&mut self, id: &str, why: &str) {
         let t = self.tasks.get(id);
+        if t.is_some_and(|t| t.update.is_some())
+            && PendingUpdate::load(&self.s.state)
+                .ok()
+                .flatten()
+                .is_some_and(|p| p.task_id == id)
+        {
+            // The helper's switch restarts the executor: expected, and the
+            // recorded outcome, not the lost connection, decides the task.
+            log::info(format_args!(
+                "task {id}: the executor went away during the update ({why}); waiting for the update's outcome"
+            ));
+            self.settle_pending_update();
+            return;
+        }
         if t.is_some_and(|t| t.gone_on_server) {
             let _ = self.tasks.get_mut(id).map(|t| t.phase = Phase::Exited);
             self.remove(id);
@@ -769,7 +889,7 @@ impl Dispatcher {
                     });
                 }
                 Phase::Handed => self.executor_lost(&id, &why),
-                Phase::Exited => {}
+                Phase::Preparing(_) | Phase::Exited => {}
             }
         }
         for state in &inventory.tasks {
@@ -990,6 +1110,17 @@ impl Dispatcher {
                 None
             }
         };
+        if let Some(u) = &t.update {
+            if status == CompletionStatus::Success {
+                u.progress.report(self_update::step::restarting(&u.version));
+            } else {
+                let why = error
+                    .clone()
+                    .unwrap_or_else(|| format!("the root helper did not install {}", u.version));
+                u.progress.report(self_update::step::failed(70, &why));
+                PendingUpdate::clear(&self.s.state, &u.version);
+            }
+        }
         let record = ExitRecord {
             status,
             exit_code: exit.exit_code,
@@ -1000,5 +1131,191 @@ impl Dispatcher {
         };
         self.store_exit(&id, record);
         self.link.send(NetMessage::ForgetTask { task_id: id });
+    }
+
+    // ---- self-update -------------------------------------------------
+
+    /// Downloads and verifies an update's release in the background; the
+    /// task is handed to the executor once that is done.
+    fn prepare_update(&mut self, id: &str, run: RunTask, update: UpdateTask) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let source = self.s.updates.source.clone();
+        let staging = self.s.state.updates();
+        let version = update.version.clone();
+        let progress = update.progress.clone();
+        let input = self.input.clone();
+        let task_id = id.to_owned();
+        let handle = tokio::spawn(async move {
+            let result = async {
+                let source = source.map_err(|why| (0, why))?;
+                let arch = shared::release_files::host_arch().ok_or_else(|| {
+                    (
+                        0,
+                        format!(
+                            "no agent releases exist for the {} architecture",
+                            std::env::consts::ARCH
+                        ),
+                    )
+                })?;
+                let mut reached = 0;
+                let staged =
+                    release_download::stage(&source, &version, arch, &staging, |s, p, m| {
+                        reached = p;
+                        progress.report((s, p, m));
+                    })
+                    .await;
+                staged.map(|_| ()).map_err(|e| (reached, e.to_string()))
+            }
+            .await;
+            let _ = input.send(Input::UpdatePrepared { task_id, result }).await;
+        });
+        t.preparing = Some(handle.abort_handle());
+        t.update = Some(update);
+        t.phase = Phase::Preparing(run);
+    }
+
+    /// Stops an update's download (the task is being ended for `why`).
+    fn stop_preparing(&mut self, id: &str, why: &str) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if let Some(h) = t.preparing.take() {
+            h.abort();
+        }
+        if let (Phase::Preparing(_), Some(u)) = (&t.phase, &t.update) {
+            u.progress.report(self_update::step::failed(20, why));
+            let version = u.version.clone();
+            let _ = std::fs::remove_dir_all(self.s.state.updates().join(version));
+        }
+    }
+
+    fn update_prepared(&mut self, id: &str, result: Result<(), (u8, String)>) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        t.preparing = None;
+        if !matches!(t.phase, Phase::Preparing(_)) {
+            return; // ended meanwhile
+        }
+        let Some(u) = &t.update else {
+            return;
+        };
+        let recorded = result.and_then(|()| {
+            let pending = PendingUpdate {
+                task_id: id.to_owned(),
+                target_id: u.target_id.clone(),
+                version: u.version.clone(),
+                rollback: u.rollback,
+                from_version: self.s.updates.own_version.clone(),
+                since: Timestamp::now(),
+            };
+            pending.save(&self.s.state).map_err(|e| {
+                (
+                    45,
+                    format!("the pending update could not be recorded ({e}); check that the state directory is writable"),
+                )
+            })
+        });
+        if let Err((percent, why)) = recorded {
+            u.progress.report(self_update::step::failed(percent, &why));
+            let _ = std::fs::remove_dir_all(self.s.state.updates().join(&u.version));
+            log::warn(format_args!("task {id} (agent.update) failed: {why}"));
+            self.finish_locally(id, CompletionStatus::Failed, why);
+            return;
+        }
+        u.progress.report(self_update::step::installing(&u.version));
+        let Phase::Preparing(run) = std::mem::replace(&mut t.phase, Phase::Handed) else {
+            unreachable!("matched above")
+        };
+        if self.link_up {
+            self.link.send(NetMessage::RunTask(run));
+        } else {
+            log::warn(format_args!(
+                "task {id} waits for the executor: {}",
+                self.last_down.as_deref().unwrap_or("not connected yet")
+            ));
+            t.phase = Phase::Pending(run);
+        }
+    }
+
+    /// Waits in the background for the outcome of an update this process
+    /// (or the one before it) handed to the root helper.
+    fn settle_pending_update(&mut self) {
+        if self.settling {
+            return;
+        }
+        let pending = match PendingUpdate::load(&self.s.state) {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                log::error(format_args!(
+                    "{e}; the update it recorded cannot be settled; remove the file once inspected"
+                ));
+                return;
+            }
+        };
+        self.settling = true;
+        let state = self.s.state.clone();
+        let outcome_file = self.s.updates.outcome_file.clone();
+        let own = self.s.updates.own_version.clone();
+        let input = self.input.clone();
+        tokio::spawn(async move {
+            let settled = self_update::settle(&state, &outcome_file, &own, &pending).await;
+            if let Some(settled) = settled {
+                let _ = input.send(Input::UpdateSettled { pending, settled }).await;
+            }
+        });
+    }
+
+    fn update_settled(&mut self, pending: PendingUpdate, settled: Settled) {
+        self.settling = false;
+        let progress = match self
+            .tasks
+            .get(&pending.task_id)
+            .and_then(|t| t.update.as_ref())
+        {
+            Some(u) => u.progress.clone(),
+            None => ProgressReporter::start(self.client.clone(), pending.target_id.clone()),
+        };
+        let (report, failure) = match &settled {
+            Settled::Running => (
+                self_update::step::waiting_for_reconnect(&pending.version),
+                None,
+            ),
+            Settled::InstalledNotRunning(why) => {
+                (self_update::step::installed_not_running(why), None)
+            }
+            Settled::Failed(why) => (self_update::step::failed(90, why), Some(why.clone())),
+        };
+        log::info(format_args!(
+            "update to {} (task {}) settled: {settled:?}",
+            pending.version, pending.task_id
+        ));
+        progress.report(report);
+        PendingUpdate::clear(&self.s.state, &pending.version);
+        let id = pending.task_id;
+        let Some(t) = self.tasks.get(&id) else {
+            return;
+        };
+        if matches!(t.phase, Phase::Exited) {
+            return; // its hand-off was reported before the restart
+        }
+        match failure {
+            Some(why) => self.finish_locally(&id, CompletionStatus::Failed, why),
+            None => {
+                let result = t.update.as_ref().map(UpdateTask::handoff);
+                let exit = ExitRecord {
+                    status: CompletionStatus::Success,
+                    exit_code: 0,
+                    duration_ms: 0,
+                    error: None,
+                    result,
+                    finished_at: Timestamp::now(),
+                };
+                self.store_exit(&id, exit);
+            }
+        }
     }
 }

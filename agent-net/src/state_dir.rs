@@ -7,7 +7,8 @@
 //!   pending_enrollment.json    an e-mail enrollment waiting for approval
 //!   status.json                what `noderax-agent run` is doing (status command)
 //!   tasks/<task id>/           one task: task.json, output.journal, delivered
-//!   updates/<version>/         a release staged for the self-update (release_download)
+//!   updates/<version>/         a downloaded release, staged for the root helper
+//!   updates/pending.json       an update handed to the helper, until settled
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -43,8 +44,9 @@ impl StateDir {
         self.tasks().join(task_id)
     }
 
-    /// Where releases are staged for the root helper's `update apply`
-    /// ([`crate::release_download`]).
+    /// Releases staged for the root helper's `update apply`
+    /// ([`crate::release_download`]) and the pending update record
+    /// ([`crate::self_update`]).
     pub fn updates(&self) -> PathBuf {
         self.root.join("updates")
     }

@@ -216,8 +216,8 @@ fn check(host: &Host) -> Result<String, Failure> {
     let mut out = vec![
         format!("noderax-agent-priv {}", shared::build_info::summary()),
         "commands: apt install|remove|purge -- NAME... (at most 64), apt update, \
-         service restart-agent, system reboot, update apply --version V, update rollback, \
-         version, check"
+         service restart-agent, system reboot, update apply|switch --version V, \
+         update rollback, version, check"
             .to_owned(),
         format!(
             "callers: root, or through sudo the user {:?} or members of {}",

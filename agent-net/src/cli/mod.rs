@@ -7,6 +7,7 @@ mod enroll_cmd;
 mod run_cmd;
 mod status_cmd;
 mod task_output_cmd;
+mod update_cmd;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -77,6 +78,16 @@ pub enum Command {
     /// all of it for task_output_retention. Raw bytes go to stdout in the
     /// order produced, a summary (type, exit, sizes, delivery) to stderr.
     TaskOutput(task_output_cmd::TaskOutputArgs),
+    /// Update this node's agent to a published release (as root).
+    ///
+    /// Downloads the release manifest and the three programs from
+    /// update_base_url (GitHub Releases as the fallback), verifies their
+    /// SHA-256 digests (and the manifest's signature when
+    /// /etc/noderax-agent/release.pub exists), and hands them to the root
+    /// helper, which verifies them again, installs them beside the running
+    /// version, restarts the agent and rolls back if the new version does
+    /// not become ready. The previous version is kept.
+    Update(update_cmd::UpdateArgs),
 }
 
 /// Parses the command line, runs the command and maps errors to exit codes:
@@ -99,6 +110,7 @@ pub fn main() -> ExitCode {
         (Some(Command::TaskOutput(args)), false) => {
             task_output_cmd::run(args, cli.config_file.as_deref())
         }
+        (Some(Command::Update(args)), false) => update_cmd::run(args, cli.config_file.as_deref()),
         // No command: run, as the original agent did.
         (None, false) => run_cmd::run(&run_cmd::RunArgs::default(), cli.config_file.as_deref()),
     };
