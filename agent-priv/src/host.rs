@@ -38,13 +38,13 @@ pub mod paths {
     pub const CONFIG: &str = "/etc/noderax-agent/config.json";
     /// Minisign public key of the release signer. When present, every
     /// update's manifest must carry a valid signature by it.
-    pub const RELEASE_KEY: &str = "/etc/noderax-agent/release.pub";
+    pub const RELEASE_KEY: &str = shared::release_files::RELEASE_KEY_PATH;
     /// Where agent-net stages a downloaded release: `<dir>/<version>/`.
     pub const STAGING: &str = "/var/lib/noderax-agent/updates";
     /// Side-by-side releases: `releases/<version>/`, `current`, `previous`.
-    pub const INSTALL: &str = "/opt/noderax-agent";
+    pub const INSTALL: &str = shared::release_files::INSTALL_DIR;
     /// The helper itself, as sudoers names it.
-    pub const SELF: &str = "/usr/local/libexec/noderax-agent-priv";
+    pub const SELF: &str = shared::release_files::HELPER_PATH;
     /// Audit trail (JSON lines, root-only).
     pub const AUDIT_DIR: &str = "/var/log/noderax-agent";
     pub const AUDIT_FILE: &str = "/var/log/noderax-agent/priv-audit.jsonl";

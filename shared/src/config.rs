@@ -60,13 +60,7 @@ impl LogLevel {
     }
 }
 
-/// Where the installer puts the root helper; the executor and `doctor` default to it.
-pub const HELPER_PATH: &str = "/usr/local/libexec/noderax-agent-priv";
-/// Minisign public key of the release signer, installed by the installer's
-/// `--release-key`. When it exists every self-update's manifest must carry a
-/// valid signature by it (checked by agent-net when it downloads and again by
-/// the root helper when it installs).
-pub const RELEASE_KEY_PATH: &str = "/etc/noderax-agent/release.pub";
+pub use crate::release_files::{HELPER_PATH, RELEASE_KEY_PATH};
 
 /// The effective configuration.
 #[derive(Clone, PartialEq)]
