@@ -1084,7 +1084,7 @@ fn check_sudo(r: &mut Report, args: &DoctorArgs, cfg: &config::Config) {
 }
 
 /// Runs a command, killing it after `timeout`.
-fn run_with_timeout(
+pub(super) fn run_with_timeout(
     mut cmd: std::process::Command,
     timeout: Duration,
 ) -> std::io::Result<std::process::Output> {
