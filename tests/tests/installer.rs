@@ -1659,23 +1659,8 @@ async fn uninstall_removes_exactly_what_the_manifest_lists() {
     let tb = Testbed::start(testbed_with_releases(releases.path()))
         .await
         .unwrap();
-    let root = FakeRoot::new();
-    let skeleton = inventory(&root);
-    let token = tb.create_install("uninstall");
-    let mut cmd = installer(&[
-        "--root",
-        root.dir(),
-        "--api-url",
-        &tb.api_url(),
-        "--bootstrap-token",
-        &token,
-    ]);
-    cmd.env(
-        "NODERAX_AGENT_DOWNLOAD_BASE_URL",
-        format!("{}/cdn", tb.api_url()),
-    );
-    let out = run_async(cmd).await;
-    assert!(out.status.success(), "{}", text(&out));
+    let skeleton = inventory(&FakeRoot::new());
+    let root = installed_root(&tb, "uninstall").await;
 
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("precious"), "keep me").unwrap();
@@ -1789,13 +1774,9 @@ async fn uninstall_checks_before_it_acts_and_purges_the_state() {
     let tb = Testbed::start(testbed_with_releases(releases.path()))
         .await
         .unwrap();
-    let root = FakeRoot::new();
-    let skeleton = inventory(&root);
-    let root = {
-        // installed_root makes its own; keep this one's skeleton.
-        drop(root);
-        installed_root(&tb, "purge").await
-    };
+    // The bare skeleton every fake root starts as.
+    let skeleton = inventory(&FakeRoot::new());
+    let root = installed_root(&tb, "purge").await;
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("precious"), "keep me").unwrap();
     simulate_runtime(&root, outside.path());
@@ -1853,7 +1834,38 @@ async fn uninstall_checks_before_it_acts_and_purges_the_state() {
     std::fs::set_permissions(&manifest_path, std::fs::Permissions::from_mode(0o644)).unwrap();
     assert_eq!(root.tree(), tree);
 
-    // --purge: the state goes too; what is left is the bare skeleton.
+    // A directory on a listed path replaced by a link out of the root: what
+    // is behind it is not touched, the step fails, the manifest is kept.
+    let sudoers_d = root.path("/etc/sudoers.d");
+    std::fs::rename(&sudoers_d, root.path("/etc/sudoers.d.moved")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &sudoers_d).unwrap();
+    std::fs::write(outside.path().join("noderax-agent"), "not the agent's").unwrap();
+    let out = run_async(agent_cli(&[
+        "uninstall",
+        "--root",
+        root.dir(),
+        "--yes",
+        "--purge",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{} is a symbolic link; nothing below it is touched",
+            sudoers_d.display()
+        )) && stderr.contains("the install manifest")
+            && stderr.contains("is kept"),
+        "{}",
+        text(&out)
+    );
+    assert!(outside.path().join("noderax-agent").exists());
+    assert!(manifest_path.exists());
+
+    // Repeated once the link is gone, it finishes (units and accounts are
+    // already gone): --purge took the state too; the bare skeleton is left.
+    std::fs::remove_file(&sudoers_d).unwrap();
+    std::fs::rename(root.path("/etc/sudoers.d.moved"), &sudoers_d).unwrap();
     let out = run_async(agent_cli(&[
         "uninstall",
         "--root",

@@ -32,6 +32,16 @@ pub fn running() -> bool {
     Path::new(BOOTED_MARKER).is_dir()
 }
 
+/// Whether this process runs in `unit`'s control group (a task or terminal
+/// of the executor runs in noderax-agent-exec.service's).
+pub fn in_unit(unit: &str) -> bool {
+    std::fs::read_to_string("/proc/self/cgroup").is_ok_and(|t| {
+        t.lines()
+            .filter_map(|l| l.rsplit(':').next())
+            .any(|path| path.split('/').any(|c| c == unit))
+    })
+}
+
 /// Why unit commands cannot work here, for messages.
 pub const NOT_RUNNING: &str = "systemd is not running on this host (PID 1 is something else, e.g. in a container), so there are no units to manage; run the agent in the foreground with `noderax-agent run` instead";
 

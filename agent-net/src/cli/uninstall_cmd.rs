@@ -27,6 +27,9 @@ use super::install_manifest::{self, Manifest};
 use super::nofollow_fs::{Kind, Removed, Root};
 use super::systemd::{self, EXEC_UNIT};
 
+/// Where the installer puts the unit files.
+const UNIT_DIR: &str = "/etc/systemd/system";
+
 #[derive(Debug, Args)]
 #[command(
     after_help = "Exit status: 0 when everything listed was removed (or kept as asked); 1 when something could not be, in which case the manifest is kept and the command can be repeated."
@@ -88,40 +91,48 @@ impl Uninstall<'_> {
         self.out.failed.push(what);
     }
 
+    /// Whether a unit's file is still installed (a repeated uninstall may
+    /// have removed it already, and systemctl refuses unknown units).
+    fn unit_installed(&self, unit: &str) -> bool {
+        matches!(self.root.kind(&format!("{UNIT_DIR}/{unit}")), Ok(Some(_)))
+    }
+
     fn units(&mut self) {
-        let m = self.manifest;
-        if m.enabled_units.is_empty() {
+        let units: Vec<&str> = self
+            .manifest
+            .enabled_units
+            .iter()
+            .map(String::as_str)
+            .filter(|u| self.unit_installed(u))
+            .collect();
+        if units.is_empty() {
             return;
         }
-        let units: Vec<&str> = m.enabled_units.iter().map(String::as_str).collect();
         let root_arg = format!("--root={}", self.root_dir.display());
-        let mut calls: Vec<Vec<&str>> = Vec::new();
+        let with_units = |first: &[&'static str]| -> Vec<String> {
+            first
+                .iter()
+                .map(|a| (*a).to_owned())
+                .chain(units.iter().map(|u| (*u).to_owned()))
+                .collect()
+        };
+        let mut calls: Vec<Vec<String>> = Vec::new();
         if self.offline {
-            calls.push(
-                [root_arg.as_str(), "disable"]
-                    .into_iter()
-                    .chain(units.iter().copied())
-                    .collect(),
-            );
+            let mut c = vec![root_arg];
+            c.extend(with_units(&["disable"]));
+            calls.push(c);
         } else if systemd::running() {
-            calls.push(
-                ["disable", "--now"]
-                    .into_iter()
-                    .chain(units.iter().copied())
-                    .collect(),
-            );
+            calls.push(with_units(&["disable", "--now"]));
             // Not enabled (socket-activated), but running.
-            calls.push(vec!["stop", EXEC_UNIT]);
+            if self.unit_installed(EXEC_UNIT) {
+                calls.push(vec!["stop".into(), EXEC_UNIT.into()]);
+            }
         } else {
             // No systemd to stop anything; disabling only removes the links.
-            calls.push(
-                ["disable"]
-                    .into_iter()
-                    .chain(units.iter().copied())
-                    .collect(),
-            );
+            calls.push(with_units(&["disable"]));
         }
         for args in calls {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             println!("+ systemctl {}", args.join(" "));
             if let Err(e) = systemd::systemctl(&args) {
                 self.fail(format!("{e:#}"));
@@ -343,6 +354,11 @@ pub fn run(args: &UninstallArgs) -> anyhow::Result<ExitCode> {
         Root::open(&root_dir).with_context(|| format!("cannot open {}", root_dir.display()))?;
     let manifest = install_manifest::load(&root)?;
     let offline = args.root.is_some();
+    if !offline && !args.dry_run && systemd::in_unit(EXEC_UNIT) {
+        bail!(
+            "this runs inside {EXEC_UNIT} (an agent terminal or task): stopping the executor would end it half-way; run `noderax-agent uninstall` from a login shell"
+        );
+    }
     print_plan(&root, &manifest, args.purge, offline);
     if args.dry_run {
         println!("dry run: nothing was changed");
