@@ -20,9 +20,11 @@
 #   binary_download_started  noderax-agent, noderax-agent-exec and
 #                            noderax-agent-priv for this architecture and
 #                            SHA256SUMS (+ SHA256SUMS.minisig), verified
-#   binary_downloaded        installed under /opt/noderax-agent/releases/V,
-#                            `current` switched; root helper, config, sudoers
-#                            drop-in (visudo -cf, then sudo -l), units
+#   binary_downloaded        installed under /opt/noderax-agent/releases/V
+#                            (all three programs), `current` switched; the
+#                            root helper's path linked into `current`, config,
+#                            sudoers drop-in (visudo -cf, then sudo -l), units
+#                            and the executor's settings drop-in
 #   agent_bootstrapping      `noderax-agent bootstrap` as noderax-net
 #   service_started          units enabled and started, agent active
 #   failed                   on any error, with the reason
@@ -50,7 +52,11 @@ readonly RELEASE_KEY_FILE=/etc/noderax-agent/release.pub
 readonly STATE_DIR=/var/lib/noderax-agent
 readonly STATE_FILE=/var/lib/noderax-agent/agent_identity.json
 readonly EXEC_STATE_DIR=/var/lib/noderax-agent-exec
+# The root helper's path as sudoers names it: a link to the helper of the
+# current release, so switching `current` (an update, a rollback) switches
+# the helper with the rest of the release.
 readonly HELPER=/usr/local/libexec/noderax-agent-priv
+readonly HELPER_TARGET=/opt/noderax-agent/current/noderax-agent-priv
 readonly HELPER_ALIAS=/usr/local/libexec/noderax-agent-self-update
 readonly CLI_LINK=/usr/local/bin/noderax-agent
 readonly SUDOERS_DIR=/etc/sudoers.d
@@ -59,6 +65,10 @@ readonly SUDOERS_FILE=/etc/sudoers.d/noderax-agent
 # noderax more than the helper, which this agent never wants.
 readonly LEGACY_SUDOERS_FILE=/etc/sudoers.d/noderax-agent-root-access
 readonly UNIT_DIR=/etc/systemd/system
+# The executor's settings from the config (kill_grace, max_concurrent_tasks,
+# root_access_ceiling) as arguments: the executor cannot read the config.
+readonly EXEC_DROPIN_DIR=/etc/systemd/system/noderax-agent-exec.service.d
+readonly EXEC_DROPIN=/etc/systemd/system/noderax-agent-exec.service.d/10-settings.conf
 readonly MANIFEST_DIR=/var/lib/noderax-agent-install
 readonly MANIFEST_FILE=/var/lib/noderax-agent-install/manifest
 readonly EXEC_USER=noderax
@@ -87,6 +97,9 @@ REQ_VERSION=latest
 BINARY_URL=""
 RELEASE_SRC_DIR=""
 RELEASE_KEY_SRC=""
+# --local-release: the release directory was assembled on this host from
+# binaries root already runs (noderax-agent install); it carries no signature.
+LOCAL_RELEASE=0
 EXEC_HOME=$DEFAULT_EXEC_HOME
 ARCH=""
 VERSION=""
@@ -128,6 +141,10 @@ Options:
                          must carry a valid signature by it; installed as
                          /etc/noderax-agent/release.pub, after which the root
                          helper also requires signed updates
+  --local-release        with --release-dir: DIR was assembled on this host
+                         from binaries already on it (`noderax-agent install`
+                         does this), so no signature is required even when a
+                         release key is configured; its SHA256SUMS still is
   --dry-run              print every action without doing any of it
   --root DIR             install into DIR as if it were / (tests and images):
                          users go to DIR/etc/passwd, units are enabled with
@@ -135,7 +152,8 @@ Options:
                          not checked
   -h, --help             this text
 
-Environment (options win): NODERAX_AGENT_VERSION, NODERAX_AGENT_LOG_LEVEL,
+Environment (options win): NODERAX_AGENT_BOOTSTRAP_TOKEN (keeps the token off
+the command line), NODERAX_AGENT_VERSION, NODERAX_AGENT_LOG_LEVEL,
 NODERAX_AGENT_DOWNLOAD_BASE_URL (default https://cdn.noderax.net/noderax-agent/releases),
 NODERAX_AGENT_BINARY_URL, NODERAX_AGENT_RELEASE_DIR, NODERAX_AGENT_RELEASE_KEY,
 NODERAX_AGENT_SERVICE_HOME (home of the executor user noderax, default
@@ -357,15 +375,22 @@ manifest_text() {
 #   created-groups, created-users  accounts the installer added (accounts that
 #                                  existed before are not listed)
 #   enabled-units                  units it enabled: `systemctl disable --now`
-#   runtime-paths                  directories whose contents the agent and the
-#                                  root helper create while they run (releases
-#                                  installed by self-update, task state, the
-#                                  audit log): not listed path by path
+#   runtime-paths                  what the agent and the root helper create
+#                                  while they run, not listed path by path
+#                                  (releases installed by self-update, the
+#                                  `previous` link, the last update's result):
+#                                  removed with everything in them
+#   state-paths                    the agent's state (identity, tasks, the
+#                                  executor's spill files, the root helper's
+#                                  audit log): kept, with the listed paths in
+#                                  them, unless `noderax-agent uninstall --purge`
+# Nothing is removed through a symbolic link.
 EOF
     say "# created-groups: ${CREATED_GROUPS[*]}"
     say "# created-users: ${CREATED_USERS[*]}"
     say "# enabled-units: ${ENABLED[*]}"
-    say "# runtime-paths: $RELEASES_DIR $STATE_DIR $EXEC_STATE_DIR /var/log/noderax-agent"
+    say "# runtime-paths: $RELEASES_DIR $INSTALL_DIR/previous $INSTALL_DIR/update-result.json"
+    say "# state-paths: $STATE_DIR $EXEC_STATE_DIR /var/log/noderax-agent"
     printf '%s\n' "${MANIFEST_PATHS[@]}"
 }
 
@@ -545,9 +570,11 @@ parse_args() {
     BINARY_URL=$(normalize_value "${NODERAX_AGENT_BINARY_URL:-}")
     RELEASE_SRC_DIR=$(normalize_value "${NODERAX_AGENT_RELEASE_DIR:-}")
     RELEASE_KEY_SRC=$(normalize_value "${NODERAX_AGENT_RELEASE_KEY:-}")
+    TOKEN=$(normalize_value "${NODERAX_AGENT_BOOTSTRAP_TOKEN:-}")
     while [[ $# -gt 0 ]]; do
         case $1 in
             --dry-run) DRY_RUN=1; shift; continue ;;
+            --local-release) LOCAL_RELEASE=1; shift; continue ;;
             -h | --help) usage; exit 0 ;;
             --api-url | --bootstrap-token | --log-level | --version | --binary-url | --release-dir | --release-key | --root)
                 [[ $# -ge 2 ]] || { usage >&2; say "error: $1 needs a value" >&2; exit 2; }
@@ -596,6 +623,10 @@ parse_args() {
     fi
     if [[ -n $RELEASE_SRC_DIR && ! -d $RELEASE_SRC_DIR ]]; then
         say "error: --release-dir $RELEASE_SRC_DIR is not a directory" >&2
+        exit 2
+    fi
+    if [[ $LOCAL_RELEASE == 1 && ( -z $RELEASE_SRC_DIR || -n $RELEASE_KEY_SRC ) ]]; then
+        say "error: --local-release needs --release-dir and excludes --release-key" >&2
         exit 2
     fi
     if [[ -n $RELEASE_KEY_SRC ]]; then
@@ -688,8 +719,11 @@ pkg_installed() {
 }
 
 # A release key is configured: given now, or installed by an earlier run.
+# A local release (--local-release) is not checked against it.
 release_key() {
-    if [[ -n $RELEASE_KEY_SRC ]]; then
+    if [[ $LOCAL_RELEASE == 1 ]]; then
+        return 1
+    elif [[ -n $RELEASE_KEY_SRC ]]; then
         printf '%s' "$RELEASE_KEY_SRC"
     elif [[ -f $(p "$RELEASE_KEY_FILE") ]]; then
         p "$RELEASE_KEY_FILE"
@@ -823,6 +857,11 @@ fetch() {
 
 verify_signature() {
     local key sums=$TMP/SHA256SUMS
+    if [[ $LOCAL_RELEASE == 1 ]]; then
+        SIG_NOTE="signature not checked: binaries from this host (--local-release)"
+        note "$SIG_NOTE"
+        return 0
+    fi
     if ! key=$(release_key); then
         if [[ $DRY_RUN == 1 ]]; then
             SIG_NOTE="signature not checked (no release key: pass --release-key FILE)"
@@ -934,13 +973,15 @@ install_release() {
 
     real=$(p "$rel")
     if [[ $DRY_RUN == 0 && -d $real ]] && cmp -s "$agent_src" "$real/noderax-agent" &&
-        cmp -s "$TMP/noderax-agent-exec-linux-$ARCH" "$real/noderax-agent-exec"; then
+        cmp -s "$TMP/noderax-agent-exec-linux-$ARCH" "$real/noderax-agent-exec" &&
+        cmp -s "$TMP/noderax-agent-priv-linux-$ARCH" "$real/noderax-agent-priv"; then
         say "release $VERSION is already installed in $real"
     else
         staging=$RELEASES_DIR/.installer-$VERSION-$TAG
         run install -d -o root -g root -m 0755 "$(p "$staging")"
         run install -o root -g root -m 0755 "$agent_src" "$(p "$staging")/noderax-agent"
         run install -o root -g root -m 0755 "$TMP/noderax-agent-exec-linux-$ARCH" "$(p "$staging")/noderax-agent-exec"
+        run install -o root -g root -m 0755 "$TMP/noderax-agent-priv-linux-$ARCH" "$(p "$staging")/noderax-agent-priv"
         run install -o root -g root -m 0644 "$TMP/SHA256SUMS" "$(p "$staging")/SHA256SUMS"
         if [[ -d $real ]]; then
             run mv -T "$real" "$(p "$RELEASES_DIR")/.replaced-$VERSION-$TAG"
@@ -953,6 +994,7 @@ install_release() {
     manifest_add "$rel"
     manifest_add "$rel/noderax-agent"
     manifest_add "$rel/noderax-agent-exec"
+    manifest_add "$rel/noderax-agent-priv"
     manifest_add "$rel/SHA256SUMS"
 
     cur_target=$(readlink "$(p "$INSTALL_DIR/current")" 2>/dev/null || true)
@@ -966,7 +1008,8 @@ install_release() {
     fi
 
     STEP="installing the root helper"
-    install_file "$TMP/noderax-agent-priv-linux-$ARCH" "$HELPER" 0755
+    # Replaces the plain file an earlier installer put there, atomically.
+    set_link "$HELPER" "$HELPER_TARGET"
     set_link "$HELPER_ALIAS" noderax-agent-priv
     set_link "$CLI_LINK" "$INSTALL_DIR/current/noderax-agent"
 }
@@ -1350,9 +1393,33 @@ write_units() {
     for u in "${UNITS[@]}"; do
         write_file "$UNIT_DIR/$u" root root 0644 "the embedded copy of systemd/$u" < <(unit_text "$u")
     done
+    write_exec_settings
     if [[ -z $ROOT ]]; then
         run systemctl daemon-reload
     fi
+}
+
+# The executor is socket-activated as noderax and cannot read the config
+# (root:noderax-net 0640), so the settings it shares with the network process
+# (kill_grace, max_concurrent_tasks, root_access_ceiling) reach it as
+# arguments in a drop-in. The installed agent writes the drop-in's text from
+# the config (only keys the config sets; none: comments only), so this and
+# `noderax-agent config set` produce the same file. Always written, so that
+# it is in the manifest when `config set` rewrites it later.
+write_exec_settings() {
+    local cli cfg content
+    cli=$(p "$INSTALL_DIR/current/noderax-agent")
+    cfg=$(p "$CONFIG_FILE")
+    own_dir "$EXEC_DROPIN_DIR" root root 0755
+    if [[ $DRY_RUN == 1 ]]; then
+        content="(dry run)"
+    else
+        content=$(env -i PATH="$SAFE_PATH" "$cli" --config-file "$cfg" config executor-unit) ||
+            die "$STEP: \`noderax-agent config executor-unit\` could not read $CONFIG_FILE (see above)"
+    fi
+    write_file "$EXEC_DROPIN" root root 0644 \
+        "\`noderax-agent config executor-unit\`: kill_grace, max_concurrent_tasks and root_access_ceiling from $CONFIG_FILE" \
+        <<<"$content"
 }
 
 bootstrap_identity() {

@@ -581,6 +581,64 @@ fn doctor_fails_for_an_unreachable_api() {
 }
 
 #[test]
+fn doctor_follows_the_helpers_link_and_checks_the_directories_on_the_way() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the helper and its directories must be root's");
+        return;
+    }
+    let s = Setup::new(&format!("http://127.0.0.1:{}", closed_port()));
+    // The installed layout: libexec/noderax-agent-priv -> current/... and
+    // current -> releases/1.0.0, in a root-owned 0700 directory in /tmp.
+    let layout = tempfile::tempdir_in("/tmp").unwrap();
+    let l = layout.path();
+    let release = l.join("releases/1.0.0");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::create_dir(l.join("libexec")).unwrap();
+    let helper = release.join("noderax-agent-priv");
+    std::fs::write(&helper, "#!/bin/sh\n").unwrap();
+    for d in [l.join("releases"), release.clone(), l.join("libexec")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("releases/1.0.0", l.join("current")).unwrap();
+    std::os::unix::fs::symlink(
+        l.join("current/noderax-agent-priv"),
+        l.join("libexec/noderax-agent-priv"),
+    )
+    .unwrap();
+    let link = l.join("libexec/noderax-agent-priv");
+    let args = [
+        "doctor",
+        "--sudo",
+        "/nonexistent/sudo",
+        "--helper",
+        link.to_str().unwrap(),
+    ];
+
+    let o = text(&s.run(&args).stdout);
+    let line = check_line(&o, "root helper");
+    assert_eq!(level(line), "ok", "{o}");
+    assert!(
+        line.contains(&format!("-> {}", helper.display())) && line.contains("mode 0755"),
+        "{line}"
+    );
+
+    // A release directory others can write: the helper could be replaced.
+    std::fs::set_permissions(&release, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = text(&s.run(&args).stdout);
+    let line = check_line(&o, "root helper");
+    assert_eq!(level(line), "FAIL", "{o}");
+    assert!(
+        line.contains(&format!(
+            "{} (owner root (uid 0), mode 0777)",
+            release.display()
+        )),
+        "{line}"
+    );
+}
+
+#[test]
 fn doctor_shakes_hands_with_the_executor_only_when_no_agent_runs() {
     use shared::ipc::{self, ExecMessage, Hello, Inventory, NetMessage, TaskState};
     use std::os::unix::net::UnixListener;

@@ -830,13 +830,30 @@ async fn installs_into_a_root_reporting_every_stage_and_upgrades_in_place() {
             0,
             0o755,
         ),
+        (
+            &format!("/opt/noderax-agent/releases/{v}/noderax-agent-priv"),
+            0,
+            0,
+            0o755,
+        ),
         ("/usr/local/libexec", 0, 0, 0o755),
-        ("/usr/local/libexec/noderax-agent-priv", 0, 0, 0o755),
         ("/etc/sudoers.d/noderax-agent", 0, 0, 0o440),
         ("/etc/systemd/system/noderax-agent.service", 0, 0, 0o644),
         ("/etc/systemd/system/noderax-agent-exec.socket", 0, 0, 0o644),
         (
             "/etc/systemd/system/noderax-agent-exec.service",
+            0,
+            0,
+            0o644,
+        ),
+        (
+            "/etc/systemd/system/noderax-agent-exec.service.d",
+            0,
+            0,
+            0o755,
+        ),
+        (
+            "/etc/systemd/system/noderax-agent-exec.service.d/10-settings.conf",
             0,
             0,
             0o644,
@@ -863,6 +880,12 @@ async fn installs_into_a_root_reporting_every_stage_and_upgrades_in_place() {
         root.link("/usr/local/bin/noderax-agent"),
         "/opt/noderax-agent/current/noderax-agent"
     );
+    // The helper's sudoers path follows `current`, so an update or a
+    // rollback switches it with the release.
+    assert_eq!(
+        root.link("/usr/local/libexec/noderax-agent-priv"),
+        "/opt/noderax-agent/current/noderax-agent-priv"
+    );
     assert_eq!(
         root.link("/usr/local/libexec/noderax-agent-self-update"),
         "noderax-agent-priv"
@@ -878,7 +901,7 @@ async fn installs_into_a_root_reporting_every_stage_and_upgrades_in_place() {
             "noderax-agent-exec",
         ),
         (
-            "/usr/local/libexec/noderax-agent-priv".into(),
+            format!("/opt/noderax-agent/releases/{v}/noderax-agent-priv"),
             "noderax-agent-priv",
         ),
     ] {
@@ -989,6 +1012,15 @@ async fn installs_into_a_root_reporting_every_stage_and_upgrades_in_place() {
         );
     }
 
+    // The config sets none of the executor's settings: its drop-in is there
+    // (listed, so that `config set` can rewrite it) and overrides nothing.
+    let dropin = "/etc/systemd/system/noderax-agent-exec.service.d/10-settings.conf";
+    let settings = std::fs::read_to_string(root.path(dropin)).unwrap();
+    assert!(
+        settings.lines().all(|l| l.starts_with('#')) && settings.contains("at their\n# defaults"),
+        "{settings}"
+    );
+
     // Re-running upgrades in place: same release, identity and config kept,
     // nothing new; the bootstrap token is not used again.
     let identity_before =
@@ -1018,14 +1050,59 @@ async fn installs_into_a_root_reporting_every_stage_and_upgrades_in_place() {
     );
     assert_eq!(root.manifest(), manifest);
 
+    // Settings the executor shares with the network process, set in the
+    // config: a re-run passes them to the executor in the drop-in.
+    let config_path = root.path("/etc/noderax-agent/config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&config_before).unwrap();
+    c["kill_grace"] = "45s".into();
+    c["max_concurrent_tasks"] = 2.into();
+    c["root_access_ceiling"] = "off".into();
+    std::fs::write(&config_path, c.to_string()).unwrap();
+    let mut cmd = installer(&[
+        "--root",
+        root.dir(),
+        "--api-url",
+        &tb.api_url(),
+        "--bootstrap-token",
+        &token,
+    ]);
+    cmd.env(
+        "NODERAX_AGENT_DOWNLOAD_BASE_URL",
+        format!("{}/cdn", tb.api_url()),
+    );
+    let out = run_async(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let settings = std::fs::read_to_string(root.path(dropin)).unwrap();
+    let exec_start = "/opt/noderax-agent/current/noderax-agent-exec --peer-user noderax-net \
+        --state-dir /var/lib/noderax-agent-exec --helper /usr/local/libexec/noderax-agent-priv";
+    let added = "--kill-grace 45s --max-tasks 2 --root-access-ceiling off";
+    assert!(
+        settings.ends_with(&format!(
+            "[Service]\nExecStart=\nExecStart={exec_start} {added}\nTimeoutStopSec=65s\n"
+        )),
+        "{settings}"
+    );
+    root.assert_attrs(dropin, 0, 0, 0o644);
+    // The executor takes those options.
+    let out = Command::new(bin_dir().join("noderax-agent-exec"))
+        .args(added.split(' '))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(root.manifest(), manifest);
+    let config_before = std::fs::read(&config_path).unwrap();
+
     // An upgrade from a local release directory: a new release beside the
     // old one, `current` and `previous` switched, identity and config kept.
     let next = "9.9.9-test";
     let fake_agent = releases.path().join("fake-agent");
+    // Reports the new version; everything else is the real agent's.
     std::fs::write(
         &fake_agent,
         format!(
-            "#!/bin/sh\n[ \"$1\" = version ] && echo 'noderax-agent {next}' && exit 0\nexit 1\n"
+            "#!/bin/sh\n[ \"$1\" = version ] && echo 'noderax-agent {next}' && exit 0\nexec '{}' \"$@\"\n",
+            bin_dir().join("noderax-agent").display()
         ),
     )
     .unwrap();
@@ -1342,4 +1419,471 @@ async fn a_failing_command_is_reported_with_its_words() {
     );
     assert_eq!(last.status_message.as_deref(), Some(want.as_str()));
     assert_eq!(install.status, "failed");
+}
+
+// ---- noderax-agent install / uninstall ---------------------------------------------
+
+/// `noderax-agent` with a clean set of the installer's variables.
+fn agent_cli(args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin_dir().join("noderax-agent"));
+    cmd.args(args).stdin(std::process::Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("NODERAX_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Paths of the root without the account databases' backups (`passwd-`,
+/// written by useradd and userdel).
+fn inventory(root: &FakeRoot) -> BTreeSet<String> {
+    root.paths()
+        .into_iter()
+        .filter(|p| !p.ends_with('-'))
+        .collect()
+}
+
+/// Installs with install.sh from the testbed's CDN into a fresh root.
+async fn installed_root(tb: &Testbed, name: &str) -> FakeRoot {
+    let token = tb.create_install(name);
+    let root = FakeRoot::new();
+    let mut cmd = installer(&[
+        "--root",
+        root.dir(),
+        "--api-url",
+        &tb.api_url(),
+        "--bootstrap-token",
+        &token,
+    ]);
+    cmd.env(
+        "NODERAX_AGENT_DOWNLOAD_BASE_URL",
+        format!("{}/cdn", tb.api_url()),
+    );
+    let out = run_async(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+    root
+}
+
+fn write_owned(root: &FakeRoot, abs: &str, content: &str, uid: u32, gid: u32) {
+    let p = root.path(abs);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, content).unwrap();
+    std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noderax_agent_install_installs_this_hosts_programs() {
+    if skip_unless_root() {
+        return;
+    }
+    require_tool("visudo", "sudo");
+    let tb = Testbed::start(TestbedConfig::fast()).await.unwrap();
+    let token = tb.create_install("cli-install");
+    let root = FakeRoot::new();
+    let skeleton = root.paths();
+    let bins = bin_dir();
+
+    // Refused without --non-interactive and the token: e-mail enrollment
+    // during an installation is not supported.
+    let out = agent_cli(&["install", "--root", root.dir()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--non-interactive --api-url URL --bootstrap-token TOKEN"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(root.paths(), skeleton);
+
+    // The token from the environment (NODERAX_BOOTSTRAP_TOKEN), not the
+    // command line; the programs from --bin-dir.
+    let scratch_before = scratch_dirs();
+    let mut cmd = agent_cli(&[
+        "install",
+        "--non-interactive",
+        "--root",
+        root.dir(),
+        "--api-url",
+        &tb.api_url(),
+        "--log-level",
+        "debug",
+        "--bin-dir",
+        bins.to_str().unwrap(),
+    ]);
+    cmd.env("NODERAX_BOOTSTRAP_TOKEN", &token);
+    let out = run_async(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains(&token), "the token was printed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("signature not checked: binaries from this host (--local-release)"),
+        "{stdout}"
+    );
+
+    // The same installation as the one-line installer's, reported the same way.
+    let install = tb.install(&token).unwrap();
+    assert_eq!(
+        (install.status.as_str(), install.progress_percent),
+        ("completed", 100),
+        "{:?}",
+        stages(&install)
+    );
+    let mut got: Vec<String> = stages(&install).into_iter().map(|(s, _, _)| s).collect();
+    got.retain(|s| s != "dependencies_installing");
+    assert_eq!(
+        got,
+        [
+            "installer_started",
+            "dependencies_ready",
+            "service_user_ready",
+            "binary_download_started",
+            "binary_downloaded",
+            "agent_bootstrapping",
+            "service_started"
+        ]
+    );
+    let v = built_version();
+    for program in ["noderax-agent", "noderax-agent-exec", "noderax-agent-priv"] {
+        let installed = format!("/opt/noderax-agent/releases/{v}/{program}");
+        root.assert_attrs(&installed, 0, 0, 0o755);
+        assert!(
+            std::fs::read(root.path(&installed)).unwrap()
+                == std::fs::read(bins.join(program)).unwrap(),
+            "{installed} is not {program}"
+        );
+    }
+    assert_eq!(
+        root.link("/usr/local/libexec/noderax-agent-priv"),
+        "/opt/noderax-agent/current/noderax-agent-priv"
+    );
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.path("/etc/noderax-agent/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["log_level"], "debug");
+    assert!(
+        root.path("/var/lib/noderax-agent/agent_identity.json")
+            .is_file()
+    );
+    let listed: BTreeSet<String> = root.manifest().into_iter().collect();
+    let created: BTreeSet<String> = root
+        .paths()
+        .difference(&skeleton)
+        .filter(|p| !p.ends_with('-') && !p.contains(".wants"))
+        .cloned()
+        .collect();
+    assert_eq!(listed, created, "manifest (left) vs created paths (right)");
+    // Its temporary release directory is gone.
+    let after = scratch_dirs();
+    assert!(
+        after.difference(&scratch_before).next().is_none(),
+        "left behind: {:?}",
+        after.difference(&scratch_before).collect::<Vec<_>>()
+    );
+}
+
+/// The temporary directories of `noderax-agent install`.
+fn scratch_dirs() -> BTreeSet<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("noderax-agent-install."))
+        .collect()
+}
+
+/// What the running agent and the root helper add to an installation:
+/// a release installed by self-update (with a link out of the root in it),
+/// the `previous` link, the update result, task state, spill files, the
+/// audit log.
+fn simulate_runtime(root: &FakeRoot, outside: &Path) {
+    let (net, net_g) = (
+        root.id("passwd", "noderax-net"),
+        root.id("group", "noderax-net"),
+    );
+    let (exec, exec_g) = (root.id("passwd", "noderax"), root.id("group", "noderax"));
+    write_owned(
+        root,
+        "/opt/noderax-agent/releases/9.9.9/noderax-agent",
+        "new",
+        0,
+        0,
+    );
+    std::os::unix::fs::symlink(
+        outside,
+        root.path("/opt/noderax-agent/releases/9.9.9/escape"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("releases/9.9.9", root.path("/opt/noderax-agent/previous")).unwrap();
+    write_owned(root, "/opt/noderax-agent/update-result.json", "{}", 0, 0);
+    write_owned(
+        root,
+        "/var/log/noderax-agent/priv-audit.jsonl",
+        "{}\n",
+        0,
+        0,
+    );
+    write_owned(
+        root,
+        "/var/lib/noderax-agent/tasks/t1/journal",
+        "out",
+        net,
+        net_g,
+    );
+    write_owned(
+        root,
+        "/var/lib/noderax-agent-exec/spill-1",
+        "spill",
+        exec,
+        exec_g,
+    );
+    std::os::unix::fs::symlink(outside, root.path("/var/lib/noderax-agent-exec/escape")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_removes_exactly_what_the_manifest_lists() {
+    if skip_unless_root() {
+        return;
+    }
+    require_tool("visudo", "sudo");
+    let releases = tempfile::tempdir().unwrap();
+    make_release(
+        releases.path(),
+        "latest",
+        &bin_dir().join("noderax-agent"),
+        false,
+    );
+    let tb = Testbed::start(testbed_with_releases(releases.path()))
+        .await
+        .unwrap();
+    let skeleton = inventory(&FakeRoot::new());
+    let root = installed_root(&tb, "uninstall").await;
+
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious"), "keep me").unwrap();
+    simulate_runtime(&root, outside.path());
+    let exec = root.id("passwd", "noderax");
+    let exec_g = root.id("group", "noderax");
+    // Not the installer's: an operator's file beside the agent, one in the
+    // agent's config directory, one a task left in noderax's home.
+    write_owned(&root, "/opt/unrelated.txt", "mine", 0, 0);
+    write_owned(&root, "/etc/noderax-agent/operator-notes", "mine", 0, 0);
+    write_owned(&root, "/home/noderax/made-by-a-task", "task", exec, exec_g);
+    let identity = std::fs::read(root.path("/var/lib/noderax-agent/agent_identity.json")).unwrap();
+    let before = inventory(&root);
+
+    // What must be left: the skeleton, the unrelated files with the
+    // directories holding them, and the state (kept without --purge).
+    let mut want: BTreeSet<String> = skeleton.clone();
+    for p in [
+        "/opt/unrelated.txt",
+        "/etc/noderax-agent",
+        "/etc/noderax-agent/operator-notes",
+        "/home/noderax",
+        "/home/noderax/made-by-a-task",
+    ] {
+        want.insert(p.to_owned());
+    }
+    for p in &before {
+        if [
+            "/var/lib/noderax-agent",
+            "/var/lib/noderax-agent-exec",
+            "/var/log/noderax-agent",
+        ]
+        .iter()
+        .any(|s| p == s || p.starts_with(&format!("{s}/")))
+        {
+            want.insert(p.clone());
+        }
+    }
+    for p in [
+        "/usr/local/libexec",
+        "/var/log/noderax-agent",
+        "/var/log/noderax-agent/priv-audit.jsonl",
+    ] {
+        assert!(before.contains(p), "{p}");
+    }
+
+    let out = run_async(agent_cli(&["uninstall", "--root", root.dir(), "--yes"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let after = inventory(&root);
+    assert_eq!(
+        after.symmetric_difference(&want).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "left behind (in the root, not expected) or wrongly removed (expected, not in the root):\n{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read(outside.path().join("precious")).unwrap(),
+        b"keep me"
+    );
+    // The state is kept as it was, given to root: the accounts are gone and
+    // a later account with their ids must not read the identity.
+    assert_eq!(
+        std::fs::read(root.path("/var/lib/noderax-agent/agent_identity.json")).unwrap(),
+        identity
+    );
+    for (p, mode) in [
+        ("/var/lib/noderax-agent", 0o700),
+        ("/var/lib/noderax-agent/agent_identity.json", 0o600),
+        ("/var/lib/noderax-agent/tasks/t1/journal", 0o644),
+        ("/var/lib/noderax-agent-exec/spill-1", 0o644),
+        ("/home/noderax/made-by-a-task", 0o644),
+    ] {
+        root.assert_attrs(p, 0, 0, mode);
+    }
+    for db in ["passwd", "group", "shadow", "gshadow"] {
+        let t = std::fs::read_to_string(root.path(&format!("/etc/{db}"))).unwrap();
+        assert!(
+            !t.contains("noderax"),
+            "/etc/{db} still has the agent's accounts:\n{t}"
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("kept ") && stdout.contains("/etc/noderax-agent: not empty"),
+        "{stdout}"
+    );
+
+    // Nothing is left to uninstall.
+    let out = run_async(agent_cli(&["uninstall", "--root", root.dir(), "--yes"])).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no install manifest"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_checks_before_it_acts_and_purges_the_state() {
+    if skip_unless_root() {
+        return;
+    }
+    require_tool("visudo", "sudo");
+    let releases = tempfile::tempdir().unwrap();
+    make_release(
+        releases.path(),
+        "latest",
+        &bin_dir().join("noderax-agent"),
+        false,
+    );
+    let tb = Testbed::start(testbed_with_releases(releases.path()))
+        .await
+        .unwrap();
+    // The bare skeleton every fake root starts as.
+    let skeleton = inventory(&FakeRoot::new());
+    let root = installed_root(&tb, "purge").await;
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious"), "keep me").unwrap();
+    simulate_runtime(&root, outside.path());
+    let manifest_path = root.path("/var/lib/noderax-agent-install/manifest");
+    let tree = root.tree();
+
+    // A dry run names what would go and changes nothing.
+    let out = run_async(agent_cli(&["uninstall", "--root", root.dir(), "--dry-run"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "remove: ",
+        "/usr/local/libexec/noderax-agent-priv",
+        "keep (state; --purge removes it): ",
+        "remove with its contents: ",
+        "delete the accounts it created: users noderax-net noderax",
+        "dry run: nothing was changed",
+    ] {
+        assert!(stdout.contains(want), "{want:?} not in:\n{stdout}");
+    }
+    assert_eq!(root.tree(), tree);
+
+    // Without a terminal it needs --yes.
+    let out = run_async(agent_cli(&["uninstall", "--root", root.dir()])).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pass --yes"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(root.tree(), tree);
+
+    // A manifest entry outside the rules refuses the whole manifest.
+    let original = std::fs::read_to_string(&manifest_path).unwrap();
+    for bad in ["/etc/../etc/passwd", "etc/passwd", "/"] {
+        std::fs::write(&manifest_path, format!("{original}{bad}\n")).unwrap();
+        let out = run_async(agent_cli(&["uninstall", "--root", root.dir(), "--yes"])).await;
+        assert_eq!(out.status.code(), Some(1), "{bad}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("invalid line") && stderr.contains("nothing was removed"),
+            "{bad}: {stderr}"
+        );
+    }
+    // So does one that others could have written.
+    std::fs::write(&manifest_path, &original).unwrap();
+    std::fs::set_permissions(&manifest_path, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let out = run_async(agent_cli(&["uninstall", "--root", root.dir(), "--yes"])).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("writable by group or others"),
+        "{}",
+        text(&out)
+    );
+    std::fs::set_permissions(&manifest_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(root.tree(), tree);
+
+    // A directory on a listed path replaced by a link out of the root: what
+    // is behind it is not touched, the step fails, the manifest is kept.
+    let sudoers_d = root.path("/etc/sudoers.d");
+    std::fs::rename(&sudoers_d, root.path("/etc/sudoers.d.moved")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &sudoers_d).unwrap();
+    std::fs::write(outside.path().join("noderax-agent"), "not the agent's").unwrap();
+    let out = run_async(agent_cli(&[
+        "uninstall",
+        "--root",
+        root.dir(),
+        "--yes",
+        "--purge",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{} is a symbolic link; nothing below it is touched",
+            sudoers_d.display()
+        )) && stderr.contains("the install manifest")
+            && stderr.contains("is kept"),
+        "{}",
+        text(&out)
+    );
+    assert!(outside.path().join("noderax-agent").exists());
+    assert!(manifest_path.exists());
+
+    // Repeated once the link is gone, it finishes (units and accounts are
+    // already gone): --purge took the state too; the bare skeleton is left.
+    std::fs::remove_file(&sudoers_d).unwrap();
+    std::fs::rename(root.path("/etc/sudoers.d.moved"), &sudoers_d).unwrap();
+    let out = run_async(agent_cli(&[
+        "uninstall",
+        "--root",
+        root.dir(),
+        "--yes",
+        "--purge",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let after = inventory(&root);
+    assert_eq!(
+        after.symmetric_difference(&skeleton).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read(outside.path().join("precious")).unwrap(),
+        b"keep me"
+    );
 }
