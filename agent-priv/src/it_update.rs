@@ -158,6 +158,30 @@ fn a_release_without_the_executor_or_helper_is_refused() {
 }
 
 #[test]
+fn a_release_whose_helper_does_not_run_is_not_switched_to() {
+    let f = Fake::new();
+    f.with_systemd(true);
+    f.install_current("1.0.0");
+    f.stage("1.0.1", &Fake::agent_binary("1.0.1", true), None);
+    assert_eq!(f.run(&["update", "apply", "--version", "1.0.1"]), 0);
+    // Digests matched, but the program does not run on this host (say, a
+    // build for another libc).
+    let helper = f.p("opt/noderax-agent/releases/1.0.1/noderax-agent-priv");
+    fs::write(&helper, "#!/bin/sh\nexit 127\n").unwrap();
+    assert_eq!(
+        f.run(&["update", "switch", "--version", "1.0.1"]),
+        EXIT_REFUSED
+    );
+    assert!(
+        last_message(&f).contains("does not run"),
+        "{}",
+        last_message(&f)
+    );
+    assert_eq!(f.link("current").as_deref(), Some("1.0.0"));
+    assert!(f.log("systemctl").is_empty());
+}
+
+#[test]
 fn a_tampered_executor_is_refused_like_the_agent() {
     let f = Fake::new();
     f.with_systemd(true);

@@ -367,10 +367,13 @@ impl Install {
         Ok(incoming)
     }
 
-    /// Fails unless `releases/VERSION` holds every program.
+    /// Fails unless `releases/VERSION` holds every program and its root
+    /// helper runs: once `current` points there, sudo reaches only that
+    /// helper, and a broken one could not even roll back.
     fn check_complete(&self, version: &str) -> Result<(), Failure> {
+        let dir = self.releases.join(version);
         for program in PROGRAMS {
-            let p = self.releases.join(version).join(program);
+            let p = dir.join(program);
             if !p.is_file() {
                 return Err(Failure::refused(format!(
                     "release {version} is incomplete ({} is missing); install it with \
@@ -379,7 +382,24 @@ impl Install {
                 )));
             }
         }
-        Ok(())
+        let helper = dir.join(release_files::HELPER);
+        let mut cmd = host::command(&helper);
+        cmd.arg("version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(Failure::refused(format!(
+                "the root helper of release {version} does not run ({} version: {s}); not \
+                 switching to it",
+                helper.display()
+            ))),
+            Err(e) => Err(Failure::refused(format!(
+                "the root helper of release {version} cannot be started ({}: {e}); not \
+                 switching to it",
+                helper.display()
+            ))),
+        }
     }
 
     /// Switches to the installed release `version` (the part of `apply`
