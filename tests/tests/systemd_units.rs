@@ -402,21 +402,19 @@ fn names_and_paths_match_the_root_helper() {
 
     let exec = parse_unit(EXEC);
     let exec_start = value(&exec, "Service", "ExecStart").unwrap();
-    let helper = const_strings("agent-priv/src/host.rs", "SELF");
-    assert_eq!(helper.len(), 1);
+    // The helper's own paths are these constants (agent-priv/src/host.rs).
+    let helper = shared::release_files::HELPER_PATH;
     assert!(
-        exec_start.contains(&format!("--helper {}", helper[0])),
-        "{EXEC} must pass the helper's installed path {}",
-        helper[0]
+        exec_start.contains(&format!("--helper {helper}")),
+        "{EXEC} must pass the helper's installed path {helper}"
     );
-    let install = const_strings("agent-priv/src/host.rs", "INSTALL");
+    let install = shared::release_files::INSTALL_DIR;
     for (unit, bin) in [(NET, "noderax-agent"), (EXEC, "noderax-agent-exec")] {
         let parsed = parse_unit(unit);
         let start = value(&parsed, "Service", "ExecStart").unwrap();
         assert!(
-            start.starts_with(&format!("{}/current/{bin} ", install[0])),
-            "{unit}: ExecStart must run {}/current/{bin}",
-            install[0]
+            start.starts_with(&format!("{install}/current/{bin} ")),
+            "{unit}: ExecStart must run {install}/current/{bin}"
         );
     }
     // Updates are staged in the network process's state directory.
