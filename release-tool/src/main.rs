@@ -136,8 +136,15 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             let sums_map =
                 checksums::parse(&sums_text).map_err(|e| anyhow!("{}: {e}", sums.display()))?;
             let text = read(&source.changelog)?;
-            let notes: Vec<ReleaseNotes> =
-                changelog::notes(choose(&text, &version, &source)?.section());
+            let notes: Vec<ReleaseNotes> = match choose(&text, &version, &source) {
+                Ok(chosen) => changelog::notes(chosen.section()),
+                // A build of main is never listed: notes are optional there.
+                Err(e) if channel == "main" => {
+                    eprintln!("noderax-release: {e:#}; the main build's manifest has no notes");
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
             let published_at = published_at.unwrap_or_else(manifest::now);
             let m = manifest::build(manifest::Input {
                 version: &version,
