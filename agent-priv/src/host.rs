@@ -45,6 +45,9 @@ pub mod paths {
     pub const INSTALL: &str = shared::release_files::INSTALL_DIR;
     /// The helper itself, as sudoers names it.
     pub const SELF: &str = shared::release_files::HELPER_PATH;
+    /// The files dpkg installed for the `noderax-agent` package (a .deb
+    /// install); its release directory is never pruned.
+    pub const DPKG_FILE_LIST: &str = "/var/lib/dpkg/info/noderax-agent.list";
     /// Audit trail (JSON lines, root-only).
     pub const AUDIT_DIR: &str = "/var/log/noderax-agent";
     pub const AUDIT_FILE: &str = "/var/log/noderax-agent/priv-audit.jsonl";

@@ -445,6 +445,27 @@ fn rollback_restores_the_previous_version() {
 }
 
 #[test]
+fn the_release_the_debian_package_installed_is_never_pruned() {
+    let f = Fake::new();
+    f.with_systemd(true);
+    f.install_current("1.0.0");
+    fs::create_dir_all(f.p("var/lib/dpkg/info")).unwrap();
+    fs::write(
+        f.p("var/lib/dpkg/info/noderax-agent.list"),
+        "/.\n/opt\n/opt/noderax-agent\n/opt/noderax-agent/releases\n\
+         /opt/noderax-agent/releases/1.0.0\n/opt/noderax-agent/releases/1.0.0/noderax-agent\n",
+    )
+    .unwrap();
+    for v in ["1.0.1", "1.0.2", "1.0.3"] {
+        f.stage(v, &Fake::agent_binary(v, true), None);
+        assert_eq!(apply_and_switch(&f, v), 0, "{v}");
+    }
+    assert!(f.p("opt/noderax-agent/releases/1.0.0").is_dir(), "dpkg's");
+    assert!(!f.p("opt/noderax-agent/releases/1.0.1").exists(), "pruned");
+    assert_eq!(f.link("previous").as_deref(), Some("1.0.2"));
+}
+
+#[test]
 fn self_update_alias_applies_the_same_way() {
     let f = Fake::new();
     f.with_systemd(true);

@@ -126,7 +126,7 @@ pub fn apply(host: &Host, version: &str) -> Result<String, Failure> {
         ));
     }
     let msg = install.switch(host, version)?;
-    install.prune();
+    install.prune(host);
     Ok(msg)
 }
 
@@ -141,7 +141,7 @@ pub fn switch(host: &Host, version: &str) -> Result<String, Failure> {
     // Blocking: `apply` holds the lock until it has exited.
     let _lock = install.lock(true)?;
     let msg = install.switch(host, version)?;
-    install.prune();
+    install.prune(host);
     Ok(msg)
 }
 
@@ -503,13 +503,15 @@ impl Install {
     }
 
     /// Removes releases other than `current` and `previous`, and leftovers
-    /// of interrupted runs. Best effort: a failure here changes nothing
-    /// that matters.
-    fn prune(&self) {
-        let keep: Vec<String> = ["current", "previous"]
+    /// of interrupted runs, but never the release the Debian package
+    /// installed (dpkg owns its files; `dpkg -V` would report them missing).
+    /// Best effort: a failure here changes nothing that matters.
+    fn prune(&self, host: &Host) {
+        let mut keep: Vec<String> = ["current", "previous"]
             .iter()
             .filter_map(|l| self.link_version(l).ok().flatten())
             .collect();
+        keep.extend(packaged_releases(host, &self.releases));
         let Ok(entries) = fs::read_dir(&self.releases) else {
             return;
         };
@@ -520,6 +522,23 @@ impl Install {
             }
         }
     }
+}
+
+/// Names of the release directories dpkg's file list of the `noderax-agent`
+/// package mentions.
+fn packaged_releases(host: &Host, releases: &Path) -> Vec<String> {
+    let list = host.path(paths::DPKG_FILE_LIST);
+    let Ok(Some(text)) = host::read_trusted(&list, 16 << 20) else {
+        return Vec::new();
+    };
+    // Entries are absolute paths as installed; compare with the real tree.
+    let prefix = Path::new("/").join(releases.strip_prefix(host.root()).unwrap_or(releases));
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter_map(|l| Path::new(l).strip_prefix(&prefix).ok())
+        .filter_map(|rest| rest.components().next())
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Reports progress on stdout as `noderax-agent-priv: step: NAME: DETAIL`,
