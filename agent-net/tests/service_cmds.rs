@@ -5,6 +5,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use testbed::test_support::{describe as text, is_root};
 
 /// A directory with the stand-in systemctl and a config for `status`.
 struct Host {
@@ -74,20 +75,6 @@ impl Host {
             .map(str::to_owned)
             .collect()
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit: {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn systemd_running() -> bool {

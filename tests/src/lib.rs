@@ -13,7 +13,8 @@
 //! [`control`] (user-side API), [`faults`], [`recorder`], [`timers`]
 //! (stale sweeps, offline detection, terminal and rollout timers),
 //! [`server`] (connections), [`validate`] (the server's validation pipe),
-//! [`release_fixture`] (test releases for the `/cdn/` release server).
+//! [`release_fixture`] (test releases for the `/cdn/` release server),
+//! [`test_support`] (helpers of the suites that drive built programs).
 
 pub mod agent_api;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod realtime;
 pub mod recorder;
 pub mod release_fixture;
 pub mod server;
+pub mod test_support;
 pub mod timers;
 pub mod validate;
 

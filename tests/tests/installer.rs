@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use testbed::model::Install;
+use testbed::test_support::{describe as text, is_root, require_tool, workspace_bin_dir};
 use testbed::{Testbed, TestbedConfig};
 
 /// Set to rewrite installer/testdata/dry-run.expected from this host's output.
@@ -48,11 +49,6 @@ fn script() -> PathBuf {
     repo().join("installer/install.sh")
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn skip_unless_root() -> bool {
     if !is_root() {
         eprintln!(
@@ -63,40 +59,8 @@ fn skip_unless_root() -> bool {
     false
 }
 
-fn on_path(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-}
-
-fn require_tool(tool: &str, package: &str) -> PathBuf {
-    on_path(tool).unwrap_or_else(|| {
-        panic!("{tool} not found: install the `{package}` package (./scripts/setup-debian.sh does)")
-    })
-}
-
-/// target/debug (or wherever this test binary was built), which holds the
-/// agent's binaries after a workspace build.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_owned();
-    for b in ["noderax-agent", "noderax-agent-exec", "noderax-agent-priv"] {
-        assert!(
-            dir.join(b).is_file(),
-            "{} is missing: build the workspace first (cargo build --workspace)",
-            dir.join(b).display()
-        );
-    }
-    dir
-}
-
 fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => panic!("no agent releases for {other}"),
-    }
+    shared::release_files::host_arch().expect("releases exist for amd64 and arm64 only")
 }
 
 /// The installer with a clean set of its own variables.
@@ -118,15 +82,6 @@ fn installer(args: &[&str]) -> Command {
         cmd.env_remove(k);
     }
     cmd
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit: {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 async fn run_async(mut cmd: Command) -> Output {
@@ -1886,4 +1841,9 @@ async fn uninstall_checks_before_it_acts_and_purges_the_state() {
         std::fs::read(outside.path().join("precious")).unwrap(),
         b"keep me"
     );
+}
+
+/// target/debug: the agent's programs after a workspace build.
+fn bin_dir() -> PathBuf {
+    workspace_bin_dir(&shared::release_files::PROGRAMS)
 }

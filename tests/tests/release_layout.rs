@@ -32,6 +32,7 @@ use serde_json::Value;
 use shared::api::release::{ReleaseCatalog, ReleaseManifest};
 use shared::release_files::{self, PROGRAMS};
 use shared::timestamp::Timestamp;
+use testbed::test_support::{describe as text, require_tool, workspace_bin_dir};
 use testbed::{Testbed, TestbedConfig};
 
 fn repo() -> PathBuf {
@@ -41,45 +42,8 @@ fn repo() -> PathBuf {
         .to_owned()
 }
 
-fn on_path(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-}
-
-fn require_tool(tool: &str, package: &str) -> PathBuf {
-    on_path(tool).unwrap_or_else(|| {
-        panic!("{tool} not found: install the `{package}` package (./scripts/setup-debian.sh does)")
-    })
-}
-
-/// target/debug (where this test was built): the agent's binaries and the
-/// release tool after a workspace build.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_owned();
-    for b in PROGRAMS.iter().chain(&["noderax-release"]) {
-        assert!(
-            dir.join(b).is_file(),
-            "{} is missing: build the workspace first (cargo build --workspace)",
-            dir.join(b).display()
-        );
-    }
-    dir
-}
-
 fn host_arch() -> &'static str {
     release_files::host_arch().expect("releases exist for amd64 and arm64 only")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit: {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -863,4 +827,10 @@ fn release_workflow_parses_and_publishes_through_the_script() {
         assert!(publish.contains(want), "publish lacks {want:?}");
     }
     assert_eq!(jobs["publish"]["permissions"]["contents"], "write");
+}
+
+/// target/debug: the agent's programs and the release tool after a
+/// workspace build.
+fn bin_dir() -> PathBuf {
+    workspace_bin_dir(&[PROGRAMS[0], PROGRAMS[1], PROGRAMS[2], "noderax-release"])
 }
