@@ -32,8 +32,10 @@ pub const INSTALL_SH: &str = include_str!("../../../installer/install.sh");
 
 /// Environment variables of the installer that would make it install
 /// something other than these programs; the command's options replace them.
-const OVERRIDDEN_ENV: [&str; 6] = [
+const OVERRIDDEN_ENV: [&str; 7] = [
     "NODERAX_AGENT_VERSION",
+    // `NODERAX_AGENT_PACKAGE=deb` would make it install the release's .deb.
+    "NODERAX_AGENT_PACKAGE",
     "NODERAX_AGENT_BINARY_URL",
     "NODERAX_AGENT_RELEASE_DIR",
     "NODERAX_AGENT_DOWNLOAD_BASE_URL",

@@ -7,6 +7,10 @@
 //! checked before anything is removed: absolute, no `.`, `..` or empty
 //! components, not `/`; account and unit names as the installer writes them.
 //! One bad line refuses the whole manifest.
+//!
+//! `install.sh --package deb` writes `# package: noderax-agent`: the agent is
+//! then that Debian package, whose files dpkg owns (none are listed), and
+//! `uninstall` leaves it to apt-get.
 
 use super::nofollow_fs::Root;
 
@@ -29,6 +33,9 @@ pub struct Manifest {
     pub runtime_paths: Vec<String>,
     /// The agent's state: kept unless purging.
     pub state_paths: Vec<String>,
+    /// The Debian package the agent was installed as (`install.sh --package
+    /// deb`); the listed paths are only what the installer added beside it.
+    pub package: Option<String>,
 }
 
 /// Whether `path` is one of `roots` or inside one.
@@ -150,6 +157,13 @@ pub fn parse(text: &str, shown: &str) -> Result<Manifest, ManifestError> {
             else {
                 continue;
             };
+            if key == "package" {
+                let name = values.trim();
+                shared::validate::package_name(name)
+                    .map_err(|_| bad(n, line, "not a Debian package name"))?;
+                m.package = Some(name.to_owned());
+                continue;
+            }
             let (list, check): (&mut Vec<String>, Check) = match key {
                 "created-users" => (&mut m.created_users, check_account),
                 "created-groups" => (&mut m.created_groups, check_account),
@@ -257,6 +271,17 @@ mod tests {
         assert!(!m.is_state("/var/lib/noderax-agentx"));
         assert!(m.is_runtime("/opt/noderax-agent/releases/1.0.0/noderax-agent"));
         assert!(!m.is_runtime("/opt/noderax-agent/current"));
+        assert_eq!(m.package, None);
+    }
+
+    #[test]
+    fn names_the_package_of_a_package_installation() {
+        let text = "# runtime-paths: \n# package: noderax-agent\n\
+                    /var/lib/noderax-agent-install\n";
+        let m = parse(text, "m").unwrap();
+        assert_eq!(m.package.as_deref(), Some("noderax-agent"));
+        assert!(m.runtime_paths.is_empty());
+        assert_eq!(m.paths, ["/var/lib/noderax-agent-install"]);
     }
 
     #[test]
@@ -273,6 +298,8 @@ mod tests {
             ("# enabled-units: sshd.service", "not a unit of the agent"),
             ("# runtime-paths: /opt/..", "a . or .. component"),
             ("# state-paths: var/lib", "not an absolute path"),
+            ("# package: noderax agent", "not a Debian package name"),
+            ("# package: ", "not a Debian package name"),
         ] {
             let text = format!("{SAMPLE}{line}\n");
             let err = parse(&text, "m").unwrap_err().to_string();

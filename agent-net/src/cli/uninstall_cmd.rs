@@ -15,6 +15,12 @@
 //!
 //! `--root DIR` works on an installation made with `install.sh --root DIR`
 //! (tests, images): units are disabled there, nothing is stopped.
+//!
+//! An installation from the Debian package (`install.sh --package deb`; the
+//! manifest names the package) is refused before anything happens: dpkg owns
+//! the agent's files and the package's maintainer scripts its accounts, links
+//! and units, so `apt-get purge` is what removes it. The message names that
+//! and the few paths the installer added beside the package.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -327,6 +333,30 @@ fn print_plan(root: &Root, m: &Manifest, purge: bool, offline: bool) {
     }
 }
 
+/// Why an installation from the Debian package is not uninstalled here, and
+/// what removes it.
+fn package_refusal(root: &Root, m: &Manifest, package: &str) -> String {
+    let beside: Vec<String> = m
+        .paths
+        .iter()
+        .rev()
+        .filter(|p| !m.is_state(p) && matches!(root.kind(p), Ok(Some(_))))
+        .map(|p| root.shown(p).display().to_string())
+        .collect();
+    let mut msg = format!(
+        "the agent was installed as the Debian package {package} (install.sh --package deb; see {}), whose files belong to dpkg: remove it with `apt-get purge {package}` (`apt-get remove {package}` keeps the config and the identity)",
+        root.shown(install_manifest::PATH).display()
+    );
+    if !beside.is_empty() {
+        msg.push_str(&format!(
+            ", then delete what the installer added beside the package: {}",
+            beside.join(" ")
+        ));
+    }
+    msg.push_str("; nothing was removed");
+    msg
+}
+
 fn confirm() -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         bail!(
@@ -353,6 +383,9 @@ pub fn run(args: &UninstallArgs) -> anyhow::Result<ExitCode> {
     let root =
         Root::open(&root_dir).with_context(|| format!("cannot open {}", root_dir.display()))?;
     let manifest = install_manifest::load(&root)?;
+    if let Some(package) = &manifest.package {
+        bail!("{}", package_refusal(&root, &manifest, package));
+    }
     let offline = args.root.is_some();
     if !offline && !args.dry_run && systemd::in_unit(EXEC_UNIT) {
         bail!(
