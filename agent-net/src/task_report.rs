@@ -26,6 +26,8 @@ use crate::output_clip::Clipper;
 use crate::task_journal::{JournalReader, Positions, TaskJournal};
 
 const RECORD: &str = "task.json";
+/// Where [`TaskRecord::create`] writes before renaming to [`RECORD`].
+const RECORD_NEW: &str = ".task.json.new";
 /// Entries built ahead of sending, at most (about 320 kB of text).
 const FEED_BATCH_ENTRIES: usize = 64;
 /// How often delivered positions are made durable while logs flow.
@@ -67,6 +69,8 @@ impl TaskRecord {
         }
     }
 
+    /// Replaces `task.json` atomically and durably (fsync of the file and
+    /// the directory).
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let text = serde_json::to_vec_pretty(self).expect("serializable");
@@ -74,10 +78,44 @@ impl TaskRecord {
             .map_err(|e| std::io::Error::other(e.to_string()))
     }
 
+    /// Writes the record of a newly claimed task without waiting for the
+    /// disk: complete or absent after a crash of this process (written
+    /// beside, then renamed), in the page cache until [`sync_new_task`]
+    /// makes it durable. Creates `dir` (and `tasks/`) as needed.
+    pub fn create(&self, dir: &Path) -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::create_dir_all(dir)?;
+        let text = serde_json::to_vec_pretty(self).expect("serializable");
+        let tmp = dir.join(RECORD_NEW);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?
+            .write_all(&text)?;
+        std::fs::rename(&tmp, dir.join(RECORD))
+    }
+
     /// Nothing left to send.
     pub fn done(&self) -> bool {
         self.completed_sent || self.ended.is_some()
     }
+}
+
+/// Makes a task directory set up by [`TaskRecord::create`] and
+/// [`TaskJournal::open`] durable: the record's content, the directory
+/// entries of the record and the journal files, and the task directory's
+/// own entry in `tasks/`. One fsync per directory covers every file
+/// created in it, so this is three fsyncs however many files there are.
+pub fn sync_new_task(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir.join(RECORD))?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// How delivery finished.
