@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use shared::api::task::{CompletionStatus, LogStream, TaskCompleted, TaskLog};
 use shared::timestamp::Timestamp;
@@ -204,7 +205,7 @@ impl TaskReporter {
             }
             self.builder.tick(now);
             while let Some(entry) = self.builder.pop() {
-                if let Some(reason) = self.send_log(&record, &entry).await? {
+                if let Some(reason) = self.send_log(&record, entry).await? {
                     return self.end(record, reason);
                 }
             }
@@ -264,31 +265,30 @@ impl TaskReporter {
     async fn send_log(
         &mut self,
         record: &TaskRecord,
-        entry: &Entry,
+        entry: Entry,
     ) -> std::io::Result<Option<String>> {
+        let end = entry.end;
         let body = TaskLog {
             task_id: record.task_id.clone(),
             stream: entry.stream,
-            line: entry.line.clone(),
+            line: entry.line,
             timestamp: Timestamp::now(),
         };
         let route = shared::api::route::task(&record.task_id, "logs");
         loop {
-            match verdict(
-                self.client
-                    .post::<_, serde_json::Value>(&route, &body)
-                    .await,
-            ) {
+            // The answer echoes the stored row, line included; only its
+            // status matters, so the body is checked as JSON but not kept.
+            match verdict(self.client.post::<_, IgnoredAny>(&route, &body).await) {
                 // A refused entry would be refused forever: step over it
                 // (it stays in the journal and in `task-output`).
                 Verdict::Delivered | Verdict::Refused(_) => {
                     self.backoff.reset();
-                    let i = match entry.stream {
+                    let i = match body.stream {
                         LogStream::Stdout => 0,
                         LogStream::Stderr => 1,
                         LogStream::System => 2,
                     };
-                    self.delivered[i] = self.delivered[i].max(entry.end);
+                    self.delivered[i] = self.delivered[i].max(end);
                     let mut j = self.journal.lock().expect("journal lock");
                     j.record_delivered(self.delivered)?;
                     if self.last_sync.elapsed() >= DELIVERED_SYNC_INTERVAL {
@@ -331,11 +331,7 @@ impl TaskReporter {
         let route = shared::api::route::task(&record.task_id, "completed");
         let mut body = body;
         loop {
-            match verdict(
-                self.client
-                    .post::<_, serde_json::Value>(&route, &body)
-                    .await,
-            ) {
+            match verdict(self.client.post::<_, IgnoredAny>(&route, &body).await) {
                 Verdict::Delivered => return Ok(None),
                 Verdict::End(reason) => return Ok(Some(reason)),
                 Verdict::Retry(after) => tokio::time::sleep(self.backoff.next_delay(after)).await,
@@ -394,7 +390,7 @@ enum Verdict {
     Refused(String),
 }
 
-fn verdict(r: Result<serde_json::Value, CallError>) -> Verdict {
+fn verdict(r: Result<IgnoredAny, CallError>) -> Verdict {
     match r {
         Ok(_) => Verdict::Delivered,
         // A 2xx whose body is not what we expected was still accepted.
