@@ -114,8 +114,12 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<SessionChild> {
 
     let (out_read, out_write) = pipe_pair()?;
     let (err_read, err_write) = pipe_pair()?;
-    // Before the child exists, so its SIGCHLD cannot be missed.
+    // Everything that can fail is done before the child exists, so a failure
+    // never leaves one behind; the SIGCHLD listener first of all, so its exit
+    // cannot be missed.
     let sigchld = signal(SignalKind::child())?;
+    let stdout = pipe::Receiver::from_owned_fd(out_read)?;
+    let stderr = pipe::Receiver::from_owned_fd(err_read)?;
 
     let mut actions = FileActions::new()?;
     let mut attr = SpawnAttr::new()?;
@@ -176,8 +180,8 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<SessionChild> {
     drop((out_write, err_write));
     Ok(SessionChild {
         pid,
-        stdout: Some(pipe::Receiver::from_owned_fd(out_read)?),
-        stderr: Some(pipe::Receiver::from_owned_fd(err_read)?),
+        stdout: Some(stdout),
+        stderr: Some(stderr),
         sigchld,
         exit: None,
     })

@@ -535,7 +535,11 @@ impl Dispatcher {
     /// Sets up a task's directory while its `started` is in flight, so the
     /// hand-over after it does not wait for the disk. Only a directory that
     /// does not exist yet: one that does belongs to an earlier claim, and
-    /// [`claimed`](Self::claimed) deals with it as before.
+    /// [`claimed`](Self::claimed) deals with it as before. If this process
+    /// dies before `started` is answered, the next one finds the directory
+    /// and, as for any task its executor does not know, completes it
+    /// `failed`; the control plane refuses that (409) if `started` never
+    /// went through, and the task is claimed again after its lease.
     fn prepare(&mut self, id: String, task_type: String) {
         if shared::validate::uuid(&id).is_err()
             || self.tasks.contains_key(&id)
