@@ -9,7 +9,8 @@
 //! and report back through the input channel.
 //!
 //! Durability rules:
-//! - a task's directory, record and journal exist before `RunTask` is sent;
+//! - a task's directory, record and journal exist before `RunTask` is sent,
+//!   and are synced right after it (see [`make_durable`] for why that order);
 //! - output is appended and synced before `AckOutput` lets the executor
 //!   drop it;
 //! - the exit is stored before `ForgetTask`;
@@ -44,7 +45,7 @@ use crate::root_access::RootAccess;
 use crate::self_update::{self, PendingUpdate, ProgressReporter, Settled};
 use crate::state_dir::StateDir;
 use crate::task_journal::TaskJournal;
-use crate::task_report::{Delivery, ExitRecord, TaskRecord, TaskReporter};
+use crate::task_report::{Delivery, ExitRecord, TaskRecord, TaskReporter, sync_new_task};
 use crate::task_spec;
 use crate::terminal_bridge::TerminalBridge;
 
@@ -91,6 +92,10 @@ pub struct DispatchStatus {
 
 /// Requests into the loop from the other tasks.
 enum Input {
+    /// Claimed, `started` in flight: set up its directory meanwhile.
+    Prepare { task_id: String, task_type: String },
+    /// `started` was refused: remove what `Prepare` set up.
+    Abandon { task_id: String },
     Claimed {
         task: ClaimedTask,
         slot: OwnedSemaphorePermit,
@@ -123,6 +128,26 @@ pub struct ClaimedTasks {
 }
 
 impl TaskSink for ClaimedTasks {
+    async fn prepare(&self, task: &ClaimedTask) {
+        // Best effort: if this does not get through, `start` sets up.
+        let _ = self
+            .tx
+            .send(Input::Prepare {
+                task_id: task.id.clone(),
+                task_type: task.task_type.clone(),
+            })
+            .await;
+    }
+
+    async fn abandon(&self, task_id: &str) {
+        let _ = self
+            .tx
+            .send(Input::Abandon {
+                task_id: task_id.to_owned(),
+            })
+            .await;
+    }
+
     async fn start(&self, task: ClaimedTask, slot: OwnedSemaphorePermit) {
         let id = task.id.clone();
         if self.tx.send(Input::Claimed { task, slot }).await.is_err() {
@@ -237,6 +262,8 @@ struct Dispatcher {
     dirty: HashSet<String>,
     /// A pending update's outcome is being waited for.
     settling: bool,
+    /// Directories set up while `started` was in flight, by task id.
+    prepared: HashMap<String, (PathBuf, TaskJournal)>,
 }
 
 /// Starts a dispatcher; returns the claim loop's sink. Tasks left
@@ -267,6 +294,7 @@ pub fn start(
         input: tx.clone(),
         dirty: HashSet::new(),
         settling: false,
+        prepared: HashMap::new(),
     };
     d.recover();
     d.settle_pending_update();
@@ -280,6 +308,42 @@ pub fn start(
         shutdown,
     ));
     (ClaimedTasks { tx }, handle)
+}
+
+/// Makes a newly claimed task's directory durable, on a blocking thread so
+/// that the hand-over is not held up by it (three fsyncs, about 1 ms here,
+/// more on a busy disk).
+///
+/// Why the hand-over need not wait (the rule is that the directory, record
+/// and journal *exist* before `RunTask`):
+/// - a crash of either process, with the machine still up: everything
+///   written is in the page cache, so a restarted agent finds the record and
+///   the journal and resumes as before — this is the case where the
+///   executor keeps running the task, and the reason for the rule;
+/// - a power loss or kernel crash before this finishes: the task's processes
+///   die too. The agent may then come back without the task's directory and
+///   the control plane ends the task by its own timeout, instead of getting
+///   a `failed` completion. That window is this function's run time, right
+///   after the hand-over;
+/// - everything later is unchanged: output is acknowledged to the executor
+///   only after the journal is synced, and the exit is stored with an
+///   atomic, synced write.
+fn make_durable(id: &str, dir: PathBuf) {
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        // Not even the blocking thread's start (after 10 s idle) goes
+        // before the link writes `RunTask`.
+        tokio::task::yield_now().await;
+        let synced = tokio::task::spawn_blocking(move || {
+            sync_new_task(&dir).map_err(|e| format!("{}: {e}", dir.display()))
+        })
+        .await;
+        if let Ok(Err(e)) = synced {
+            log::error(format_args!(
+                "task {id}: making its directory durable failed ({e}); a power loss could lose the task's record; check the disk"
+            ));
+        }
+    });
 }
 
 fn stream_of(s: OutputStream) -> LogStream {
@@ -478,6 +542,8 @@ impl Dispatcher {
 
     fn on_input(&mut self, input: Input) {
         match input {
+            Input::Prepare { task_id, task_type } => self.prepare(task_id, task_type),
+            Input::Abandon { task_id } => self.abandon(&task_id),
             Input::Claimed { task, slot } => self.claimed(task, slot),
             Input::Control { task_id, event } => self.control(&task_id, event),
             Input::Delivered { task_id, result } => self.delivered(&task_id, result),
@@ -500,17 +566,10 @@ impl Dispatcher {
             ));
             return;
         }
-        let dir = self.s.state.task(&id);
-        let record = TaskRecord {
-            task_id: id.clone(),
-            task_type: task.task_type.clone(),
-            exit: None,
-            completed_sent: false,
-            ended: None,
-        };
-        let journal = match record.save(&dir).and_then(|()| TaskJournal::open(&dir)) {
-            Ok(j) => j,
-            Err(e) => {
+        let prepared = self.prepared.remove(&id);
+        let (dir, journal) = match prepared.map_or_else(|| self.set_up(&id, &task.task_type), Ok) {
+            Ok(set_up) => set_up,
+            Err((dir, e)) => {
                 // Without a place to store output the task must not run:
                 // its output could not be delivered.
                 log::error(format_args!(
@@ -523,12 +582,76 @@ impl Dispatcher {
         // `Exited` until the spec is known: a task that cannot run never runs.
         self.tasks.insert(
             id.clone(),
-            Task::new(dir, journal, Phase::Exited, Some(slot)),
+            Task::new(dir.clone(), journal, Phase::Exited, Some(slot)),
         );
         self.start_or_refuse(&task, &id);
-        // After the hand-over: the reporter's start-up reads files, and the
-        // process should not wait for that.
+        // After the hand-over: neither the fsyncs nor the reporter's start-up
+        // (it reads files) should delay the task's process.
+        make_durable(&id, dir);
         self.spawn_reporter(&id);
+    }
+
+    /// Writes a new task's record and opens its journal. Not synced: see
+    /// [`make_durable`] for why that may wait until the task is handed over.
+    fn set_up(
+        &self,
+        id: &str,
+        task_type: &str,
+    ) -> Result<(PathBuf, TaskJournal), (PathBuf, std::io::Error)> {
+        let dir = self.s.state.task(id);
+        let record = TaskRecord {
+            task_id: id.to_owned(),
+            task_type: task_type.to_owned(),
+            exit: None,
+            completed_sent: false,
+            ended: None,
+        };
+        match record.create(&dir).and_then(|()| TaskJournal::open(&dir)) {
+            Ok(j) => Ok((dir, j)),
+            Err(e) => Err((dir, e)),
+        }
+    }
+
+    /// Sets up a task's directory while its `started` is in flight, so the
+    /// hand-over after it does not wait for the disk. Only a directory that
+    /// does not exist yet: one that does belongs to an earlier claim, and
+    /// [`claimed`](Self::claimed) deals with it as before. If this process
+    /// dies before `started` is answered, the next one finds the directory
+    /// and, as for any task its executor does not know, completes it
+    /// `failed`; the control plane refuses that (409) if `started` never
+    /// went through, and the task is claimed again after its lease.
+    fn prepare(&mut self, id: String, task_type: String) {
+        if shared::validate::uuid(&id).is_err()
+            || self.tasks.contains_key(&id)
+            || self.prepared.contains_key(&id)
+            || self.s.state.task(&id).exists()
+        {
+            return;
+        }
+        match self.set_up(&id, &task_type) {
+            Ok(set_up) => {
+                self.prepared.insert(id, set_up);
+            }
+            // `claimed` tries again and reports it if it still fails.
+            Err((dir, e)) => log::debug(format_args!(
+                "task {id}: setting up {} ahead of `started` failed: {e}",
+                dir.display()
+            )),
+        }
+    }
+
+    /// Removes a prepared directory: the task's `started` was refused and
+    /// it will not run.
+    fn abandon(&mut self, id: &str) {
+        if let Some((dir, journal)) = self.prepared.remove(id) {
+            drop(journal);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                log::warn(format_args!(
+                    "task {id} was not run, but its directory {} could not be removed: {e}",
+                    dir.display()
+                ));
+            }
+        }
     }
 
     /// Hands a newly claimed task to the executor, or ends it when it
@@ -550,17 +673,16 @@ impl Dispatcher {
                     timeout,
                     root_profile: self.root.lock().expect("root lock").applied_profile(),
                 };
-                log::info(format_args!(
-                    "task {id} ({}) claimed, timeout {}s",
-                    task.task_type,
-                    timeout.as_secs()
-                ));
                 if let TaskSpec::ApplyUpdate {
                     version,
                     target_id,
                     rollback,
                 } = &run.spec
                 {
+                    log::info(format_args!(
+                        "task {id} ({}) claimed: downloading release {version} first",
+                        task.task_type
+                    ));
                     let update = UpdateTask {
                         progress: ProgressReporter::start(self.client.clone(), target_id.clone()),
                         version: version.clone(),
@@ -575,9 +697,16 @@ impl Dispatcher {
                 if self.link_up {
                     self.link.send(NetMessage::RunTask(run));
                     t.phase = Phase::Handed;
+                    log::info(format_args!(
+                        "task {id} ({}) claimed, timeout {}s: handed to the executor",
+                        task.task_type,
+                        timeout.as_secs()
+                    ));
                 } else {
                     log::warn(format_args!(
-                        "task {id} waits for the executor: {}",
+                        "task {id} ({}) claimed, timeout {}s; it waits for the executor: {}",
+                        task.task_type,
+                        timeout.as_secs(),
                         self.last_down.as_deref().unwrap_or("not connected yet")
                     ));
                     t.phase = Phase::Pending(run);

@@ -714,6 +714,9 @@ async fn a_task_whose_lease_expired_before_started_is_never_run() {
     );
     if accepted_starts == 0 {
         assert!(!marker.exists(), "the refused task did not run");
+        // Its directory, set up while `started` was in flight, is gone.
+        let task_dir = node.dir.path().join("state/tasks").join(&id);
+        assert!(!task_dir.exists(), "{} was left behind", task_dir.display());
     }
 }
 
