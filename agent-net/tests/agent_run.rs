@@ -743,11 +743,14 @@ async fn terminals_echo_take_ctrl_c_and_survive_a_socket_cut() {
     .await;
 
     // Ctrl-C interrupts a foreground command in the session.
+    // A marker no other test's process has ("sleep 100" would also match
+    // a parallel test's "sleep 1000", and ^C could then come before this
+    // sleep started).
     node.tb
-        .terminal_input(&sid, b"sleep 100; echo not-interrupted\n")
+        .terminal_input(&sid, b"sleep 97.31; echo not-interrupted\n")
         .unwrap();
     node.wait_for("sleep running", || {
-        (!processes_with("sleep 100").is_empty()).then_some(())
+        (!processes_with("sleep 97.31").is_empty()).then_some(())
     })
     .await;
     node.tb.terminal_input(&sid, &[0x03]).unwrap();
