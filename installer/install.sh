@@ -20,9 +20,11 @@
 #   binary_download_started  noderax-agent, noderax-agent-exec and
 #                            noderax-agent-priv for this architecture and
 #                            SHA256SUMS (+ SHA256SUMS.minisig), verified
-#   binary_downloaded        installed under /opt/noderax-agent/releases/V,
-#                            `current` switched; root helper, config, sudoers
-#                            drop-in (visudo -cf, then sudo -l), units
+#   binary_downloaded        installed under /opt/noderax-agent/releases/V
+#                            (all three programs), `current` switched; the
+#                            root helper's path linked into `current`, config,
+#                            sudoers drop-in (visudo -cf, then sudo -l), units
+#                            and the executor's settings drop-in
 #   agent_bootstrapping      `noderax-agent bootstrap` as noderax-net
 #   service_started          units enabled and started, agent active
 #   failed                   on any error, with the reason
@@ -32,6 +34,27 @@
 # `noderax-agent uninstall`. --dry-run prints every action without doing
 # it. The layout is README.md's ("Processes and privileges", "Root helper",
 # "systemd units"); the units below are copies of systemd/*.
+#
+# --package deb (NODERAX_AGENT_PACKAGE=deb) installs the release's .deb
+# instead of laying the files out itself, with the same stages:
+#
+#   service_user_ready       checks only: the package's postinst creates (or
+#                            adopts) the users and the directories
+#   binary_download_started  noderax-agent_<debver>_<arch>.deb of --version V
+#                            and SHA256SUMS (+ .minisig), verified; also under
+#                            --dry-run, into the temporary directory
+#   binary_downloaded        apt-get install of the file (dependencies
+#                            resolved, changed conffiles kept); the unit
+#                            copies of an earlier installation by this script
+#                            retired first; config, the executor's settings
+#                            drop-in, the sudo -l check
+#   agent_bootstrapping ...  as above
+#
+# dpkg owns what the package ships, so the manifest never lists it; it says
+# `package: noderax-agent`, and `noderax-agent uninstall` then refuses and
+# names `apt-get purge noderax-agent`. The accounts an earlier installation
+# by this script created are handed to the package (its postrm's list), so
+# that a purge removes them.
 #
 # Artifacts: the release directory <base>/<version|latest>/ holds
 # noderax-agent-linux-<arch> (PROTOCOL.md §10.4) and, a PROPOSAL not yet
@@ -50,7 +73,11 @@ readonly RELEASE_KEY_FILE=/etc/noderax-agent/release.pub
 readonly STATE_DIR=/var/lib/noderax-agent
 readonly STATE_FILE=/var/lib/noderax-agent/agent_identity.json
 readonly EXEC_STATE_DIR=/var/lib/noderax-agent-exec
+# The root helper's path as sudoers names it: a link to the helper of the
+# current release, so switching `current` (an update, a rollback) switches
+# the helper with the rest of the release.
 readonly HELPER=/usr/local/libexec/noderax-agent-priv
+readonly HELPER_TARGET=/opt/noderax-agent/current/noderax-agent-priv
 readonly HELPER_ALIAS=/usr/local/libexec/noderax-agent-self-update
 readonly CLI_LINK=/usr/local/bin/noderax-agent
 readonly SUDOERS_DIR=/etc/sudoers.d
@@ -59,6 +86,10 @@ readonly SUDOERS_FILE=/etc/sudoers.d/noderax-agent
 # noderax more than the helper, which this agent never wants.
 readonly LEGACY_SUDOERS_FILE=/etc/sudoers.d/noderax-agent-root-access
 readonly UNIT_DIR=/etc/systemd/system
+# The executor's settings from the config (kill_grace, max_concurrent_tasks,
+# root_access_ceiling) as arguments: the executor cannot read the config.
+readonly EXEC_DROPIN_DIR=/etc/systemd/system/noderax-agent-exec.service.d
+readonly EXEC_DROPIN=/etc/systemd/system/noderax-agent-exec.service.d/10-settings.conf
 readonly MANIFEST_DIR=/var/lib/noderax-agent-install
 readonly MANIFEST_FILE=/var/lib/noderax-agent-install/manifest
 readonly EXEC_USER=noderax
@@ -72,6 +103,13 @@ readonly UNITS=(noderax-agent-exec.socket noderax-agent-exec.service noderax-age
 readonly ENABLE_UNITS=(noderax-agent-exec.socket noderax-agent.service)
 readonly MAIN_UNIT=noderax-agent.service
 readonly DEFAULT_BASE_URL=https://cdn.noderax.net/noderax-agent/releases
+# --package deb: the package, the list of what its postinst created (its
+# postrm removes that on purge; packaging/deb/postinst) and where the unit
+# copies of an earlier installation wait while apt-get runs.
+readonly DEB_PACKAGE=noderax-agent
+readonly DEB_CREATED=/var/lib/noderax-agent-deb/created
+readonly DEB_EXEC_HOME=/home/noderax
+readonly RETIRED_UNIT_DIR=/var/lib/noderax-agent-install/units-before-package
 readonly SAFE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Shown instead of the temporary directory by --dry-run.
 readonly DRY_TMP=/tmp/noderax-install.XXXXXXXX
@@ -87,6 +125,9 @@ REQ_VERSION=latest
 BINARY_URL=""
 RELEASE_SRC_DIR=""
 RELEASE_KEY_SRC=""
+# --local-release: the release directory was assembled on this host from
+# binaries root already runs (noderax-agent install); it carries no signature.
+LOCAL_RELEASE=0
 EXEC_HOME=$DEFAULT_EXEC_HOME
 ARCH=""
 VERSION=""
@@ -104,7 +145,31 @@ MANIFEST_PATHS=()
 CREATED_USERS=()
 CREATED_GROUPS=()
 ENABLED=()
+# The manifest's `package` field: set when the agent is the Debian package.
+MANIFEST_PACKAGE=""
 OWN_UID="" OWN_GID=""
+# --package: none (the installer lays out the files) or deb.
+PACKAGE=none
+# --package deb: the Debian version of the release, the .deb's name, the
+# paths it ships (dpkg owns them: never listed in the manifest), where its
+# config and sudoers drop-in are extracted to, the package's version before
+# this run, whether the agent was running, and what an earlier installation
+# by this script had listed.
+DEB_VERSION=""
+DEB_FILE=""
+declare -A DEB_OWNED=()
+DEB_EXTRACT=""
+PKG_BEFORE=""
+WAS_ACTIVE=0
+# The manifest may be written (under --package deb only once apt-get has
+# installed the package: until then it still describes what is installed).
+MANIFEST_OPEN=1
+OLD_PATHS=()
+OLD_USERS=()
+OLD_GROUPS=()
+OLD_ENABLED=()
+RETIRED_UNITS=()
+RETIRED_ENABLED=()
 
 usage() {
     cat <<'EOF'
@@ -128,14 +193,29 @@ Options:
                          must carry a valid signature by it; installed as
                          /etc/noderax-agent/release.pub, after which the root
                          helper also requires signed updates
-  --dry-run              print every action without doing any of it
+  --local-release        with --release-dir: DIR was assembled on this host
+                         from binaries already on it (`noderax-agent install`
+                         does this), so no signature is required even when a
+                         release key is configured; its SHA256SUMS still is
+  --dry-run              print every action without doing any of it (with
+                         --package deb the package is still downloaded and
+                         verified, into a temporary directory)
   --root DIR             install into DIR as if it were / (tests and images):
                          users go to DIR/etc/passwd, units are enabled with
                          systemctl --root, nothing is started and sudo -l is
                          not checked
+  --package deb|none     deb: install the release's Debian package
+                         noderax-agent_<debver>_<arch>.deb with apt-get
+                         (needs --version V: latest/ has no .deb; excludes
+                         --binary-url, --local-release and --root); its
+                         SHA256SUMS (and signature) are checked as for the
+                         binaries. Remove such an installation with
+                         apt-get purge noderax-agent.
+                         none (default): lay the files out as described above
   -h, --help             this text
 
-Environment (options win): NODERAX_AGENT_VERSION, NODERAX_AGENT_LOG_LEVEL,
+Environment (options win): NODERAX_AGENT_BOOTSTRAP_TOKEN (keeps the token off
+the command line), NODERAX_AGENT_VERSION, NODERAX_AGENT_PACKAGE, NODERAX_AGENT_LOG_LEVEL,
 NODERAX_AGENT_DOWNLOAD_BASE_URL (default https://cdn.noderax.net/noderax-agent/releases),
 NODERAX_AGENT_BINARY_URL, NODERAX_AGENT_RELEASE_DIR, NODERAX_AGENT_RELEASE_KEY,
 NODERAX_AGENT_SERVICE_HOME (home of the executor user noderax, default
@@ -169,6 +249,19 @@ run() {
     SHOWN=$(quote_words "$@")
     say "+ $SHOWN"
     [[ $DRY_RUN == 1 ]] || "$@" </dev/null
+}
+
+# Whether the release is really fetched and checked: always, but under
+# --dry-run only with --package deb (whose plan depends on the package).
+fetching_for_real() { [[ $DRY_RUN == 0 || $PACKAGE == deb ]]; }
+
+# run_read CMD...: prints the command and runs it when the release is
+# fetched for real: for what only reads the release or writes into the
+# temporary directory.
+run_read() {
+    SHOWN=$(quote_words "$@")
+    say "+ $SHOWN"
+    if fetching_for_real; then "$@" </dev/null; fi
 }
 
 # run_shown TEXT CMD...: prints TEXT (the command with user names instead
@@ -230,7 +323,7 @@ on_err() {
 }
 
 cleanup() {
-    if [[ $DRY_RUN == 0 && -n $TMP && -d $TMP ]]; then rm -rf -- "$TMP"; fi
+    if [[ -n $TMP && $TMP != "$DRY_TMP" && -d $TMP ]]; then rm -rf -- "$TMP"; fi
 }
 
 # ---- small helpers ----------------------------------------------------------
@@ -330,6 +423,7 @@ manifest_load() {
             "# created-groups: "*) read -r -a CREATED_GROUPS <<<"${line#*: }" ;;
             "# created-users: "*) read -r -a CREATED_USERS <<<"${line#*: }" ;;
             "# enabled-units: "*) read -r -a ENABLED <<<"${line#*: }" ;;
+            "# package: "*) MANIFEST_PACKAGE=${line#*: } ;;
             /*) MANIFEST_PATHS+=("$line") ;;
         esac
     done <"$f"
@@ -357,20 +451,39 @@ manifest_text() {
 #   created-groups, created-users  accounts the installer added (accounts that
 #                                  existed before are not listed)
 #   enabled-units                  units it enabled: `systemctl disable --now`
-#   runtime-paths                  directories whose contents the agent and the
-#                                  root helper create while they run (releases
-#                                  installed by self-update, task state, the
-#                                  audit log): not listed path by path
+#   runtime-paths                  what the agent and the root helper create
+#                                  while they run, not listed path by path
+#                                  (releases installed by self-update, the
+#                                  `previous` link, the last update's result):
+#                                  removed with everything in them
+#   state-paths                    the agent's state (identity, tasks, the
+#                                  executor's spill files, the root helper's
+#                                  audit log): kept, with the listed paths in
+#                                  them, unless `noderax-agent uninstall --purge`
+#   package                        the agent is this Debian package (install.sh
+#                                  --package deb): dpkg owns its files and its
+#                                  maintainer scripts the accounts, links and
+#                                  units, none of which are listed; uninstall
+#                                  refuses and names `apt-get purge PACKAGE`
+# Nothing is removed through a symbolic link.
 EOF
     say "# created-groups: ${CREATED_GROUPS[*]}"
     say "# created-users: ${CREATED_USERS[*]}"
     say "# enabled-units: ${ENABLED[*]}"
-    say "# runtime-paths: $RELEASES_DIR $STATE_DIR $EXEC_STATE_DIR /var/log/noderax-agent"
+    if [[ $PACKAGE == deb ]]; then
+        # Releases, `previous` and the update result lie in dpkg's
+        # /opt/noderax-agent: the package's purge removes them.
+        say "# runtime-paths: "
+        say "# package: $DEB_PACKAGE"
+    else
+        say "# runtime-paths: $RELEASES_DIR $INSTALL_DIR/previous $INSTALL_DIR/update-result.json"
+    fi
+    say "# state-paths: $STATE_DIR $EXEC_STATE_DIR /var/log/noderax-agent"
     printf '%s\n' "${MANIFEST_PATHS[@]}"
 }
 
 manifest_save() {
-    [[ $DRY_RUN == 0 ]] || return 0
+    [[ $DRY_RUN == 0 && $MANIFEST_OPEN == 1 ]] || return 0
     local f tmp
     f=$(p "$MANIFEST_FILE")
     [[ -d ${f%/*} ]] || return 0
@@ -381,6 +494,8 @@ manifest_save() {
 }
 
 manifest_add() {
+    # What dpkg installed is dpkg's to remove.
+    [[ -z ${DEB_OWNED[$1]:-} ]] || return 0
     in_list "$1" "${MANIFEST_PATHS[@]}" || MANIFEST_PATHS+=("$1")
     manifest_save
 }
@@ -545,11 +660,14 @@ parse_args() {
     BINARY_URL=$(normalize_value "${NODERAX_AGENT_BINARY_URL:-}")
     RELEASE_SRC_DIR=$(normalize_value "${NODERAX_AGENT_RELEASE_DIR:-}")
     RELEASE_KEY_SRC=$(normalize_value "${NODERAX_AGENT_RELEASE_KEY:-}")
+    TOKEN=$(normalize_value "${NODERAX_AGENT_BOOTSTRAP_TOKEN:-}")
+    PACKAGE=$(normalize_value "${NODERAX_AGENT_PACKAGE:-}")
     while [[ $# -gt 0 ]]; do
         case $1 in
             --dry-run) DRY_RUN=1; shift; continue ;;
+            --local-release) LOCAL_RELEASE=1; shift; continue ;;
             -h | --help) usage; exit 0 ;;
-            --api-url | --bootstrap-token | --log-level | --version | --binary-url | --release-dir | --release-key | --root)
+            --api-url | --bootstrap-token | --log-level | --version | --binary-url | --release-dir | --release-key | --root | --package)
                 [[ $# -ge 2 ]] || { usage >&2; say "error: $1 needs a value" >&2; exit 2; }
                 v=$(normalize_value "$2") ;;
             *) usage >&2; say "error: unknown argument: $1" >&2; exit 2 ;;
@@ -563,6 +681,7 @@ parse_args() {
             --release-dir) RELEASE_SRC_DIR=$v ;;
             --release-key) RELEASE_KEY_SRC=$v ;;
             --root) ROOT=$v ;;
+            --package) PACKAGE=$v ;;
         esac
         shift 2
     done
@@ -598,6 +717,10 @@ parse_args() {
         say "error: --release-dir $RELEASE_SRC_DIR is not a directory" >&2
         exit 2
     fi
+    if [[ $LOCAL_RELEASE == 1 && ( -z $RELEASE_SRC_DIR || -n $RELEASE_KEY_SRC ) ]]; then
+        say "error: --local-release needs --release-dir and excludes --release-key" >&2
+        exit 2
+    fi
     if [[ -n $RELEASE_KEY_SRC ]]; then
         [[ -f $RELEASE_KEY_SRC ]] || { say "error: --release-key $RELEASE_KEY_SRC is not a file" >&2; exit 2; }
         RELEASE_KEY_SRC=$(realpath -- "$RELEASE_KEY_SRC")
@@ -608,6 +731,49 @@ parse_args() {
         while [[ $ROOT == */ ]]; do ROOT=${ROOT%/}; done
     fi
     check_layout_overrides
+    check_package_args
+}
+
+# deb_version V: the Debian version of release V, as scripts/build-release.sh
+# names the package (a pre-release after '-' or '_' becomes '~', which sorts
+# before the release in dpkg; Debian versions start with a digit).
+deb_version() {
+    local d=${1//[-_]/\~}
+    [[ $d =~ ^[0-9][A-Za-z0-9.~]*$ ]] || return 1
+    printf '%s' "$d"
+}
+
+# --package: what the .deb cannot do is refused before anything happens.
+check_package_args() {
+    case ${PACKAGE:-none} in
+        none) PACKAGE=none; return 0 ;;
+        deb) ;;
+        *) say "error: --package $PACKAGE: expected deb (install the release's .deb) or none (the default)" >&2; exit 2 ;;
+    esac
+    if [[ $REQ_VERSION == latest ]]; then
+        say "error: --package deb needs a release version (--version V or NODERAX_AGENT_VERSION=V): releases/latest/ publishes no .deb (releases/catalog.json lists the versions)" >&2
+        exit 2
+    fi
+    DEB_VERSION=$(deb_version "$REQ_VERSION") || {
+        say "error: release $REQ_VERSION has no .deb (a Debian version starts with a digit); install it without --package deb" >&2
+        exit 2
+    }
+    if [[ -n $BINARY_URL ]]; then
+        say "error: --binary-url names a binary; --package deb downloads noderax-agent_${DEB_VERSION}_<arch>.deb from the release directory of --version (NODERAX_AGENT_DOWNLOAD_BASE_URL or --release-dir)" >&2
+        exit 2
+    fi
+    if [[ $LOCAL_RELEASE == 1 ]]; then
+        say "error: --local-release installs this host's programs file by file; it excludes --package deb" >&2
+        exit 2
+    fi
+    if [[ -n $ROOT ]]; then
+        say "error: --package deb installs with apt-get into this system; it cannot install into --root $ROOT" >&2
+        exit 2
+    fi
+    if [[ $EXEC_HOME != "$DEB_EXEC_HOME" ]]; then
+        say "error: NODERAX_AGENT_SERVICE_HOME=$EXEC_HOME is not supported with --package deb: the package gives $EXEC_USER the home $DEB_EXEC_HOME" >&2
+        exit 2
+    fi
 }
 
 # The original installer's layout variables (PROTOCOL.md §12) are honoured
@@ -672,6 +838,7 @@ check_host() {
     esac
     say "host: $pretty, $m ($ARCH)"
     have apt-get || die "apt-get is required on the target host"
+    check_package_state
     if [[ -n $ROOT ]]; then
         say "host: --root $ROOT: systemd is not used (units are only enabled in $ROOT)"
     elif [[ -d /run/systemd/system ]]; then
@@ -683,13 +850,61 @@ check_host() {
     fi
 }
 
+# package_status: "STATUS VERSION" of the noderax-agent package in dpkg's
+# database (under --root, DIR's), empty when dpkg never heard of it.
+package_status() {
+    local admin
+    admin=$(p /var/lib/dpkg)
+    [[ -f $admin/status ]] && have dpkg-query || return 0
+    dpkg-query --admindir="$admin" -W -f='${db:Status-Status} ${Version}' "$DEB_PACKAGE" 2>/dev/null || true
+}
+
+# The two ways of installing must not mix: dpkg would remove (on purge) or
+# overwrite (on upgrade) what this script wrote in its place, and this
+# script's manifest would list dpkg's files.
+check_package_state() {
+    local st status version t
+    if [[ $PACKAGE == deb ]]; then
+        for t in dpkg dpkg-query dpkg-deb tar; do
+            have "$t" || die "$t is not available on this host (--package deb needs it)"
+        done
+    fi
+    st=$(package_status)
+    status=${st%% *}
+    version=${st#* }
+    case $status in
+        "" | not-installed) return 0 ;;
+        installed) PKG_BEFORE=$version ;;
+    esac
+    if [[ $PACKAGE == none ]]; then
+        if [[ $status == config-files ]]; then
+            die "the removed noderax-agent package left its configuration files (dpkg still owns /etc/noderax-agent/config.json and /etc/sudoers.d/noderax-agent): purge it first (apt-get purge noderax-agent), or install with --package deb --version V"
+        fi
+        if [[ $status != installed ]]; then
+            die "dpkg has the noderax-agent package $version in state $status, so it owns the agent's files: finish or undo that (dpkg --audit; apt-get purge noderax-agent), or install with --package deb --version V"
+        fi
+        die "the noderax-agent package $version is installed, so dpkg owns the agent's files: upgrade with --package deb --version V, or remove the package first (apt-get purge noderax-agent)"
+    fi
+    if [[ -z $PKG_BEFORE ]]; then
+        say "host: the noderax-agent package is in dpkg state $status"
+        return 0
+    fi
+    if dpkg --compare-versions "$PKG_BEFORE" gt "$DEB_VERSION"; then
+        die "the installed noderax-agent package $PKG_BEFORE is newer than $DEB_VERSION: the installer does not downgrade (apt-get install --allow-downgrades ./noderax-agent_${DEB_VERSION}_$ARCH.deb does)"
+    fi
+    say "host: the noderax-agent package $PKG_BEFORE is installed"
+}
+
 pkg_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
 # A release key is configured: given now, or installed by an earlier run.
+# A local release (--local-release) is not checked against it.
 release_key() {
-    if [[ -n $RELEASE_KEY_SRC ]]; then
+    if [[ $LOCAL_RELEASE == 1 ]]; then
+        return 1
+    elif [[ -n $RELEASE_KEY_SRC ]]; then
         printf '%s' "$RELEASE_KEY_SRC"
     elif [[ -f $(p "$RELEASE_KEY_FILE") ]]; then
         p "$RELEASE_KEY_FILE"
@@ -803,6 +1018,53 @@ create_accounts_and_dirs() {
     report service_user_ready 45 installing "Service users $EXEC_USER and $NET_USER and their directories are ready."
 }
 
+# The checks of --package deb at service_user_ready: the package's postinst
+# creates (or adopts) the users and directories, so this only refuses early,
+# with the way out, what postinst would refuse later, and what would defeat
+# the package's units. Nothing is changed yet.
+check_package_accounts() {
+    STEP="checking the service users"
+    local name line uid u
+    for name in "$NET_USER" "$EXEC_USER"; do
+        line=$(db_line passwd "$name") || continue
+        uid=$(field "$line" 2)
+        if [[ $uid -ge 1000 && $uid -ne 65534 ]]; then
+            die "user $name exists and is not a system account (uid $uid); the agent needs its own system user $name: rename or remove that account and re-run"
+        fi
+    done
+    if exec_in_net_group; then
+        die "user $EXEC_USER is a member of group $NET_USER: tasks could then read the agent's config and reach its socket; remove it (gpasswd -d $EXEC_USER $NET_USER) and re-run"
+    fi
+    if line=$(db_line passwd "$EXEC_USER") && [[ $(field "$line" 5) != "$DEB_EXEC_HOME" ]]; then
+        note "the package sets the home of $EXEC_USER to $DEB_EXEC_HOME (it is $(field "$line" 5))"
+    fi
+    manifest_load
+    # An earlier installation by this script: what it listed decides what
+    # is retired or handed over once the package is in; this run's manifest
+    # starts empty (see install_package).
+    OLD_PATHS=("${MANIFEST_PATHS[@]}")
+    OLD_USERS=("${CREATED_USERS[@]}")
+    OLD_GROUPS=("${CREATED_GROUPS[@]}")
+    OLD_ENABLED=("${ENABLED[@]}")
+    MANIFEST_PATHS=() CREATED_USERS=() CREATED_GROUPS=() ENABLED=()
+    MANIFEST_OPEN=0
+    # A unit file in /etc/systemd/system overrides the package's in
+    # /lib/systemd/system. The installer's own copies are retired; anyone
+    # else's (the original Go agent's) is not the installer's to remove.
+    # Once the package is installed, such a file is its administrator's
+    # override (systemctl edit --full) and stays.
+    for u in "${UNITS[@]}"; do
+        if [[ -e $(p "$UNIT_DIR/$u") ]] && ! in_list "$UNIT_DIR/$u" "${OLD_PATHS[@]}"; then
+            if [[ -n $PKG_BEFORE ]]; then
+                note "$UNIT_DIR/$u overrides the package's unit in /lib/systemd/system (kept: it is not the installer's)"
+                continue
+            fi
+            die "$UNIT_DIR/$u exists and is not from this installer (not in $MANIFEST_FILE): it would override the package's unit in /lib/systemd/system; move it away (systemctl disable $u; mv $UNIT_DIR/$u /root/) and re-run"
+        fi
+    done
+    report service_user_ready 45 installing "Checked the service users $EXEC_USER and $NET_USER; the noderax-agent package creates them (or adopts the existing ones) and their directories."
+}
+
 # fetch NAME DEST [optional]: from the release directory or URL.
 fetch() {
     local name=$1 dest=$2 optional=${3:-}
@@ -811,20 +1073,25 @@ fetch() {
             [[ -n $optional ]] && return 1
             die "$RELEASE_SRC/$name is missing"
         fi
-        run install -m 0600 "$RELEASE_SRC/$name" "$dest"
+        run_read install -m 0600 "$RELEASE_SRC/$name" "$dest"
     elif [[ -n $optional ]]; then
         say "+ $(quote_words curl -fsSL --retry 3 --connect-timeout 20 --max-time 600 -o "$dest" "$RELEASE_SRC/$name") (if published)"
-        [[ $DRY_RUN == 1 ]] && return 1
+        fetching_for_real || return 1
         curl -fsSL --retry 3 --connect-timeout 20 --max-time 600 -o "$dest" "$RELEASE_SRC/$name" 2>/dev/null </dev/null
     else
-        run curl -fsSL --retry 3 --connect-timeout 20 --max-time 600 -o "$dest" "$RELEASE_SRC/$name"
+        run_read curl -fsSL --retry 3 --connect-timeout 20 --max-time 600 -o "$dest" "$RELEASE_SRC/$name"
     fi
 }
 
 verify_signature() {
     local key sums=$TMP/SHA256SUMS
+    if [[ $LOCAL_RELEASE == 1 ]]; then
+        SIG_NOTE="signature not checked: binaries from this host (--local-release)"
+        note "$SIG_NOTE"
+        return 0
+    fi
     if ! key=$(release_key); then
-        if [[ $DRY_RUN == 1 ]]; then
+        if ! fetching_for_real; then
             SIG_NOTE="signature not checked (no release key: pass --release-key FILE)"
         elif [[ -f $sums.minisig ]]; then
             SIG_NOTE="signature not checked: SHA256SUMS.minisig is published, but no release key was given (--release-key FILE)"
@@ -834,19 +1101,20 @@ verify_signature() {
         note "$SIG_NOTE"
         return 0
     fi
-    if [[ $DRY_RUN == 0 && ! -f $sums.minisig ]]; then
+    if fetching_for_real && [[ ! -f $sums.minisig ]]; then
         die "a release key is configured ($key) but the release has no SHA256SUMS.minisig; refusing an unsigned release"
     fi
-    have minisign || [[ $DRY_RUN == 1 ]] || die "a release key is configured ($key) but minisign is not installed"
-    run minisign -V -p "$key" -m "$sums" -x "$sums.minisig" ||
+    if ! have minisign && fetching_for_real; then
+        [[ $DRY_RUN == 0 ]] || die "a release key is configured ($key) but minisign is not installed (a dry run installs nothing: install minisign first)"
+        die "a release key is configured ($key) but minisign is not installed"
+    fi
+    run_read minisign -V -p "$key" -m "$sums" -x "$sums.minisig" ||
         die "the signature of SHA256SUMS does not verify with $key: the release is corrupt or not from the expected signer; nothing was installed"
     SIG_NOTE="signature of SHA256SUMS verified with $key"
 }
 
-download_and_verify() {
-    STEP="downloading the agent"
-    local agent_name="noderax-agent-linux-$ARCH" name want got out reported
-    local -a names
+# Sets RELEASE_SRC: the release directory, local or a URL.
+release_source() {
     if [[ -n $RELEASE_SRC_DIR ]]; then
         if [[ -f $RELEASE_SRC_DIR/SHA256SUMS ]]; then
             RELEASE_SRC=$RELEASE_SRC_DIR
@@ -855,7 +1123,6 @@ download_and_verify() {
         fi
     elif [[ -n $BINARY_URL ]]; then
         RELEASE_SRC=${BINARY_URL%/*}
-        agent_name=${BINARY_URL##*/}
     else
         local base
         base=$(normalize_value "${NODERAX_AGENT_DOWNLOAD_BASE_URL:-$DEFAULT_BASE_URL}")
@@ -863,19 +1130,48 @@ download_and_verify() {
         [[ $base =~ ^https?://[^[:space:]]+$ ]] || die "NODERAX_AGENT_DOWNLOAD_BASE_URL=$base is not an http(s) URL"
         RELEASE_SRC=$base/$REQ_VERSION
     fi
-    names=("$agent_name" "noderax-agent-exec-linux-$ARCH" "noderax-agent-priv-linux-$ARCH")
-    report binary_download_started 60 installing "Downloading the Noderax agent ($REQ_VERSION, $ARCH) from $RELEASE_SRC."
     if [[ $RELEASE_SRC == http://* && -z $(release_key || true) ]]; then
         warn "downloading over plain http without a release key: the checksums protect against corruption, not tampering"
     fi
-    if [[ $DRY_RUN == 1 ]]; then
-        TMP=$DRY_TMP
-    else
+}
+
+# The temporary directory for the download (a placeholder under --dry-run,
+# unless the release is fetched for real).
+make_tmp() {
+    if fetching_for_real; then
         TMP=$(mktemp -d /tmp/noderax-install.XXXXXXXX)
-        # noderax-net runs the downloaded binary (version) from here.
+        # noderax-net runs the downloaded binary (version) from here, and
+        # apt's _apt user reads the package from here.
         chmod 0711 "$TMP"
+    else
+        TMP=$DRY_TMP
     fi
     say "+ mkdir $TMP (temporary, removed at exit)"
+}
+
+# check_sums NAME...: the downloaded files against the downloaded SHA256SUMS.
+check_sums() {
+    local name want got
+    say "+ check the SHA-256 of $* against SHA256SUMS"
+    fetching_for_real || return 0
+    for name in "$@"; do
+        want=$(sums_entry "$TMP/SHA256SUMS" "$name") ||
+            die "SHA256SUMS from $RELEASE_SRC lists $name not exactly once; nothing was installed"
+        got=$(sha256sum "$TMP/$name" | cut -d' ' -f1)
+        [[ $got == "$want" ]] ||
+            die "SHA-256 mismatch for $name from $RELEASE_SRC: got $got, SHA256SUMS says $want; the download is corrupt or tampered with, nothing was installed"
+    done
+}
+
+download_and_verify() {
+    STEP="downloading the agent"
+    local agent_name="noderax-agent-linux-$ARCH" name out reported
+    local -a names
+    release_source
+    [[ -n $BINARY_URL ]] && agent_name=${BINARY_URL##*/}
+    names=("$agent_name" "noderax-agent-exec-linux-$ARCH" "noderax-agent-priv-linux-$ARCH")
+    report binary_download_started 60 installing "Downloading the Noderax agent ($REQ_VERSION, $ARCH) from $RELEASE_SRC."
+    make_tmp
     fetch SHA256SUMS "$TMP/SHA256SUMS"
     fetch SHA256SUMS.minisig "$TMP/SHA256SUMS.minisig" optional || true
     for name in "${names[@]}"; do
@@ -884,17 +1180,8 @@ download_and_verify() {
 
     STEP="verifying the download"
     verify_signature
-    say "+ check the SHA-256 of ${names[*]} against SHA256SUMS"
-    if [[ $DRY_RUN == 0 ]]; then
-        for name in "${names[@]}"; do
-            want=$(sums_entry "$TMP/SHA256SUMS" "$name") ||
-                die "SHA256SUMS from $RELEASE_SRC lists $name not exactly once; nothing was installed"
-            got=$(sha256sum "$TMP/$name" | cut -d' ' -f1)
-            [[ $got == "$want" ]] ||
-                die "SHA-256 mismatch for $name from $RELEASE_SRC: got $got, SHA256SUMS says $want; the download is corrupt or tampered with, nothing was installed"
-        done
-        chmod 0755 "$TMP/$agent_name"
-    fi
+    check_sums "${names[@]}"
+    [[ $DRY_RUN == 1 ]] || chmod 0755 "$TMP/$agent_name"
 
     # The release's own version names its directory (the root helper's
     # updates and the control plane's rollouts compare it byte for byte).
@@ -918,6 +1205,217 @@ download_and_verify() {
     report binary_downloaded 74 installing "Agent $VERSION binaries downloaded ($what). Installing them and bootstrapping node credentials next."
 }
 
+# --package deb: noderax-agent_<debver>_<arch>.deb of the requested release
+# and its SHA256SUMS (+ signature), verified, and the package's control
+# fields checked. Under --dry-run too: nothing is installed, and the rest of
+# the plan needs to know what the package ships.
+download_and_verify_package() {
+    STEP="downloading the agent package"
+    local deb field want got
+    DEB_FILE=${DEB_PACKAGE}_${DEB_VERSION}_$ARCH.deb
+    release_source
+    report binary_download_started 60 installing "Downloading the Noderax agent package $DEB_FILE ($REQ_VERSION) from $RELEASE_SRC."
+    make_tmp
+    deb=$TMP/$DEB_FILE
+    fetch SHA256SUMS "$TMP/SHA256SUMS"
+    fetch SHA256SUMS.minisig "$TMP/SHA256SUMS.minisig" optional || true
+    fetch "$DEB_FILE" "$deb"
+
+    STEP="verifying the download"
+    verify_signature
+    check_sums "$DEB_FILE"
+    say "+ dpkg-deb --field $deb Package Version Architecture (must be $DEB_PACKAGE $DEB_VERSION $ARCH)"
+    for field in Package Version Architecture; do
+        case $field in
+            Package) want=$DEB_PACKAGE ;;
+            Version) want=$DEB_VERSION ;;
+            Architecture) want=$ARCH ;;
+        esac
+        got=$(dpkg-deb --field "$deb" "$field" 2>&1) ||
+            die "$DEB_FILE from $RELEASE_SRC is not a Debian package (dpkg-deb: ${got:0:200}); nothing was installed"
+        [[ $got == "$want" ]] ||
+            die "$DEB_FILE from $RELEASE_SRC says $field: $got, not $want; nothing was installed"
+    done
+    # What dpkg will own: never listed in the manifest. The conffiles are
+    # taken out for the plan and for an earlier installation's sudoers
+    # drop-in (see adopt_packaged_sudoers).
+    say "+ dpkg-deb --fsys-tarfile $deb | tar -t (what the package ships)"
+    while IFS= read -r field; do
+        field=${field#.}
+        field=${field%/}
+        [[ -n $field ]] && DEB_OWNED[$field]=1
+    done < <(dpkg-deb --fsys-tarfile "$deb" | tar -t)
+    [[ -n ${DEB_OWNED[$RELEASES_DIR/$REQ_VERSION/noderax-agent]:-} ]] ||
+        die "$DEB_FILE does not ship $RELEASES_DIR/$REQ_VERSION/noderax-agent: it is not release $REQ_VERSION; nothing was installed"
+    local -a members=(".$CONFIG_FILE" ".$SUDOERS_FILE")
+    [[ -z ${DEB_OWNED[$RELEASE_KEY_FILE]:-} ]] || members+=(".$RELEASE_KEY_FILE")
+    DEB_EXTRACT=$TMP/package
+    mkdir "$DEB_EXTRACT"
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$DEB_EXTRACT" "${members[@]}" ||
+        die "$DEB_FILE lacks $CONFIG_FILE or $SUDOERS_FILE: it is not a package this installer knows; nothing was installed"
+    # apt-get reads the file as its unprivileged user _apt.
+    chmod 0644 "$deb"
+    VERSION=$REQ_VERSION
+    local what="SHA-256 verified"
+    [[ $SIG_NOTE == "signature of"* ]] && what="SHA-256 and signature verified"
+    report binary_downloaded 74 installing "Agent $VERSION package downloaded ($what). Installing it and bootstrapping node credentials next."
+}
+
+# --package deb: apt-get installs the verified package (resolving its
+# dependencies; --force-confold keeps conffiles changed locally, such as
+# the config an earlier installation wrote). Before that, the unit copies of
+# an earlier installation by this script are retired and its sudoers drop-in
+# becomes the package's; after it, its accounts are handed to the package
+# and this run's manifest replaces the earlier one.
+install_package() {
+    STEP="installing the noderax-agent package"
+    local real got deb=$TMP/$DEB_FILE
+    # One installer or update at a time (the root helper takes this lock
+    # too); nothing can be updating before /opt/noderax-agent exists. The
+    # lock file is the helper's as well, and the package's purge removes it.
+    if [[ -d $(p "$INSTALL_DIR") ]]; then
+        if [[ $DRY_RUN == 0 ]]; then
+            real=$(p "$UPDATE_LOCK")
+            [[ -e $real ]] || install -o root -g root -m 0600 /dev/null "$real"
+            exec 9>>"$real"
+            flock -n 9 || die "another installation or update is running (lock $UPDATE_LOCK); wait for it and re-run"
+        fi
+        say "+ flock $UPDATE_LOCK"
+    fi
+    if [[ $DRY_RUN == 0 ]] && systemctl is-active --quiet "$MAIN_UNIT" 2>/dev/null; then WAS_ACTIVE=1; fi
+    if [[ $MANIFEST_PACKAGE != "$DEB_PACKAGE" ]]; then
+        # The sudoers text first: if visudo refused it, nothing else would
+        # have changed. Nothing but apt-get comes between retiring the
+        # units and putting them back.
+        adopt_packaged_sudoers
+        retire_script_units
+    fi
+
+    STEP="installing the noderax-agent package"
+    if ! run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Options::=--force-confold "$deb"; then
+        if [[ ${#RETIRED_UNITS[@]} -gt 0 ]]; then
+            restore_script_units
+            die "apt-get could not install $DEB_FILE (see its output above); the units of the earlier installation are back in $UNIT_DIR. If dpkg left the package half-installed (dpkg --audit), fix the cause and re-run"
+        fi
+        die "apt-get could not install $DEB_FILE (see its output above); if dpkg left the package half-installed (dpkg --audit), fix the cause and re-run"
+    fi
+    if [[ $DRY_RUN == 0 ]]; then
+        got=$(dpkg-query -W -f='${db:Status-Status} ${Version}' "$DEB_PACKAGE" 2>&1) || true
+        [[ $got == "installed $DEB_VERSION" ]] ||
+            die "apt-get succeeded, but dpkg reports $DEB_PACKAGE as '$got', not 'installed $DEB_VERSION'"
+    fi
+    if [[ ${#RETIRED_UNITS[@]} -gt 0 || -d $(p "$RETIRED_UNIT_DIR") ]]; then
+        run rm -rf "$(p "$RETIRED_UNIT_DIR")"
+    fi
+    if [[ -n $PKG_BEFORE && $PKG_BEFORE != "$DEB_VERSION" ]]; then
+        say "upgraded the package from $PKG_BEFORE to $DEB_VERSION"
+    fi
+    if [[ $DRY_RUN == 0 ]] && ! have_identity; then
+        note "the package left this node to be enrolled (its message above): the installer does that next"
+    fi
+    hand_over_to_package
+
+    # From here on the manifest lists this installation: only what the
+    # installer adds beside the package. What an earlier installation by
+    # this script listed is now dpkg's (the release, `current`, the config
+    # and sudoers conffiles), the package's maintainer scripts' (links in
+    # /usr/local, the state directories, the accounts handed over above),
+    # retired (the unit copies), or the agent's data under /opt/noderax-agent,
+    # which the package's purge removes; the release key it installed stays
+    # listed unless the package ships one.
+    MANIFEST_OPEN=1
+    shared_dir /var/lib
+    own_dir "$MANIFEST_DIR" root root 0755
+    manifest_add "$MANIFEST_FILE"
+    if in_list "$RELEASE_KEY_FILE" "${OLD_PATHS[@]}" && [[ -e $(p "$RELEASE_KEY_FILE") ]]; then
+        manifest_add "$RELEASE_KEY_FILE"
+    fi
+}
+
+# The unit copies an earlier installation by this script put in
+# /etc/systemd/system (and listed) would override the package's units in
+# /lib/systemd/system: disabled (their links point at the copies; the
+# running agent keeps running) and moved aside until apt-get has succeeded.
+retire_script_units() {
+    local u
+    for u in "${UNITS[@]}"; do
+        if in_list "$UNIT_DIR/$u" "${OLD_PATHS[@]}" && [[ -f $(p "$UNIT_DIR/$u") && ! -L $(p "$UNIT_DIR/$u") ]]; then
+            RETIRED_UNITS+=("$u")
+        fi
+    done
+    [[ ${#RETIRED_UNITS[@]} -gt 0 ]] || return 0
+    STEP="retiring the unit files of the earlier installation"
+    note "the package's units in /lib/systemd/system replace the copies in $UNIT_DIR of the earlier installation"
+    for u in "${OLD_ENABLED[@]}"; do
+        if in_list "$u" "${RETIRED_UNITS[@]}"; then RETIRED_ENABLED+=("$u"); fi
+    done
+    if [[ ${#RETIRED_ENABLED[@]} -gt 0 ]]; then
+        run systemctl disable "${RETIRED_ENABLED[@]}"
+    fi
+    run install -d -o root -g root -m 0700 "$(p "$RETIRED_UNIT_DIR")"
+    for u in "${RETIRED_UNITS[@]}"; do
+        run mv -f "$(p "$UNIT_DIR/$u")" "$(p "$RETIRED_UNIT_DIR/$u")"
+    done
+}
+
+# apt-get failed: the earlier installation gets its units back.
+restore_script_units() {
+    local u
+    for u in "${RETIRED_UNITS[@]}"; do
+        run mv -f "$(p "$RETIRED_UNIT_DIR/$u")" "$(p "$UNIT_DIR/$u")" ||
+            warn "could not put $UNIT_DIR/$u back: it is in $RETIRED_UNIT_DIR"
+    done
+    run systemctl daemon-reload || warn "systemctl daemon-reload failed"
+    if [[ ${#RETIRED_ENABLED[@]} -gt 0 ]]; then
+        run systemctl enable "${RETIRED_ENABLED[@]}" || warn "could not enable ${RETIRED_ENABLED[*]} again"
+    fi
+    rmdir "$(p "$RETIRED_UNIT_DIR")" 2>/dev/null || true
+}
+
+# The sudoers drop-in of an earlier installation by this script grants what
+# the package's conffile grants. Given the package's text (checked with
+# visudo -cf first), dpkg takes it over as unchanged: no conffile prompt, no
+# .dpkg-dist beside it, and `dpkg -V` checks it.
+adopt_packaged_sudoers() {
+    local real tmp src=$DEB_EXTRACT$SUDOERS_FILE
+    in_list "$SUDOERS_FILE" "${OLD_PATHS[@]}" || return 0
+    real=$(p "$SUDOERS_FILE")
+    [[ -f $real && ! -L $real ]] || return 0
+    cmp -s "$src" "$real" && return 0
+    STEP="handing the sudoers drop-in to the package"
+    tmp=$(p "$SUDOERS_DIR")/.noderax-agent.new-$TAG
+    run install -o root -g root -m 0440 "$src" "$tmp"
+    if ! run visudo -cf "$tmp"; then
+        rm -f -- "$tmp"
+        die "visudo rejects the package's $SUDOERS_FILE; nothing was changed in $SUDOERS_DIR"
+    fi
+    run mv -f "$tmp" "$real"
+}
+
+# The accounts, and the directories in /usr/local, that an earlier
+# installation by this script created become the package's: recorded where
+# its postinst records what it creates, so that apt-get purge removes them
+# as if the package had created them (packaging/deb/postrm).
+hand_over_to_package() {
+    local x f
+    local -a lines=()
+    for x in "${OLD_USERS[@]}"; do lines+=("user $x"); done
+    for x in "${OLD_GROUPS[@]}"; do lines+=("group $x"); done
+    for x in /usr/local/bin /usr/local/libexec; do
+        if in_list "$x" "${OLD_PATHS[@]}"; then lines+=("emptydir $x"); fi
+    done
+    [[ ${#lines[@]} -gt 0 ]] || return 0
+    STEP="handing the accounts of the earlier installation to the package"
+    f=$(p "$DEB_CREATED")
+    x=$(printf '%s, ' "${lines[@]}")
+    say "+ append to $f (apt-get purge removes what it lists): ${x%, }"
+    [[ $DRY_RUN == 0 ]] || return 0
+    install -d -o root -g root -m 0755 "${f%/*}"
+    for x in "${lines[@]}"; do
+        grep -qxF "$x" "$f" 2>/dev/null || printf '%s\n' "$x" >>"$f"
+    done
+}
+
 install_release() {
     STEP="installing release $VERSION"
     local rel=$RELEASES_DIR/$VERSION agent_src="$TMP/noderax-agent-linux-$ARCH" real cur_target old_version="" staging
@@ -934,13 +1432,15 @@ install_release() {
 
     real=$(p "$rel")
     if [[ $DRY_RUN == 0 && -d $real ]] && cmp -s "$agent_src" "$real/noderax-agent" &&
-        cmp -s "$TMP/noderax-agent-exec-linux-$ARCH" "$real/noderax-agent-exec"; then
+        cmp -s "$TMP/noderax-agent-exec-linux-$ARCH" "$real/noderax-agent-exec" &&
+        cmp -s "$TMP/noderax-agent-priv-linux-$ARCH" "$real/noderax-agent-priv"; then
         say "release $VERSION is already installed in $real"
     else
         staging=$RELEASES_DIR/.installer-$VERSION-$TAG
         run install -d -o root -g root -m 0755 "$(p "$staging")"
         run install -o root -g root -m 0755 "$agent_src" "$(p "$staging")/noderax-agent"
         run install -o root -g root -m 0755 "$TMP/noderax-agent-exec-linux-$ARCH" "$(p "$staging")/noderax-agent-exec"
+        run install -o root -g root -m 0755 "$TMP/noderax-agent-priv-linux-$ARCH" "$(p "$staging")/noderax-agent-priv"
         run install -o root -g root -m 0644 "$TMP/SHA256SUMS" "$(p "$staging")/SHA256SUMS"
         if [[ -d $real ]]; then
             run mv -T "$real" "$(p "$RELEASES_DIR")/.replaced-$VERSION-$TAG"
@@ -953,6 +1453,7 @@ install_release() {
     manifest_add "$rel"
     manifest_add "$rel/noderax-agent"
     manifest_add "$rel/noderax-agent-exec"
+    manifest_add "$rel/noderax-agent-priv"
     manifest_add "$rel/SHA256SUMS"
 
     cur_target=$(readlink "$(p "$INSTALL_DIR/current")" 2>/dev/null || true)
@@ -966,26 +1467,45 @@ install_release() {
     fi
 
     STEP="installing the root helper"
-    install_file "$TMP/noderax-agent-priv-linux-$ARCH" "$HELPER" 0755
+    # Replaces the plain file an earlier installer put there, atomically.
+    set_link "$HELPER" "$HELPER_TARGET"
     set_link "$HELPER_ALIAS" noderax-agent-priv
     set_link "$CLI_LINK" "$INSTALL_DIR/current/noderax-agent"
 }
 
+# packaged_or_real PATH: PATH on this machine or, in a dry run of --package
+# deb where it does not exist yet, the package's copy (what apt-get would
+# put there).
+packaged_or_real() {
+    local real
+    real=$(p "$1")
+    if [[ ! -e $real && $PACKAGE == deb && $DRY_RUN == 1 && -e $DEB_EXTRACT$1 ]]; then
+        printf '%s' "$DEB_EXTRACT$1"
+    else
+        printf '%s' "$real"
+    fi
+}
+
 config_value() { # key: a string value from the config file, best effort
-    sed -n "s/^[[:space:]]*\"$1\"[[:space:]]*:[[:space:]]*\"\\([^\"]*\\)\".*/\\1/p" "$(p "$CONFIG_FILE")" 2>/dev/null | head -n1
+    sed -n "s/^[[:space:]]*\"$1\"[[:space:]]*:[[:space:]]*\"\\([^\"]*\\)\".*/\\1/p" "$(packaged_or_real "$CONFIG_FILE")" 2>/dev/null | head -n1
 }
 
 have_identity() { [[ -s $(p "$STATE_FILE") ]] || [[ $DRY_RUN == 1 && -e $(p "$STATE_FILE") ]]; }
 
+# With --package deb the config is the package's conffile (dpkg keeps local
+# changes: --force-confold), set up like an existing one below; its owner and
+# mode come from the package's dpkg-statoverride, which says the same.
 write_config() {
     STEP="writing the configuration"
     local real cur cli
     real=$(p "$CONFIG_FILE")
     cli=$(p "$INSTALL_DIR/current/noderax-agent")
-    if [[ ! -e $real ]]; then
+    if [[ ! -e $(packaged_or_real "$CONFIG_FILE") ]]; then
         # Only what the installer knows; every other key keeps its default
         # (README.md, Configuration). Root-owned so that only root changes
         # it (the root helper trusts nothing else), readable by noderax-net.
+        # (With the package: its administrator deleted the conffile, which
+        # dpkg does not undo.)
         write_file "$CONFIG_FILE" root "$NET_USER" 0640 - <<EOF
 {
   "api_url": "$API_URL",
@@ -1003,14 +1523,19 @@ EOF
             fi
         else
             # Not enrolled yet: point the existing config at this control plane.
-            run env -i PATH="$SAFE_PATH" "$cli" --config-file "$real" config set api_url "$API_URL"
-            run env -i PATH="$SAFE_PATH" "$cli" --config-file "$real" config set state_file "$STATE_FILE"
+            if [[ $cur != "$API_URL" ]]; then
+                run env -i PATH="$SAFE_PATH" "$cli" --config-file "$real" config set api_url "$API_URL"
+            fi
+            if [[ $(config_value state_file) != "$STATE_FILE" ]]; then
+                run env -i PATH="$SAFE_PATH" "$cli" --config-file "$real" config set state_file "$STATE_FILE"
+            fi
         fi
         if [[ $LOG_LEVEL_GIVEN == 1 && $(config_value log_level) != "$LOG_LEVEL" ]]; then
             run env -i PATH="$SAFE_PATH" "$cli" --config-file "$real" config set log_level "$LOG_LEVEL"
         fi
         owner_ids root "$NET_USER"
-        if [[ $DRY_RUN == 1 || $(stat -c '%u:%g %a' "$real") != "0:$OWN_GID 640" ]]; then
+        if [[ $DRY_RUN == 1 && $PACKAGE == none ]] ||
+            [[ -e $real && $(stat -c '%u:%g %a' "$real") != "0:$OWN_GID 640" ]]; then
             run_shown "chown root:$NET_USER $real" chown "0:$OWN_GID" "$real"
             run chmod 0640 "$real"
         fi
@@ -1019,14 +1544,19 @@ EOF
         fi
         manifest_add "$CONFIG_FILE"
     fi
-    if [[ -n $RELEASE_KEY_SRC ]]; then
+    if [[ -n $RELEASE_KEY_SRC && -n ${DEB_OWNED[$RELEASE_KEY_FILE]:-} ]]; then
+        # The package ships its signer's key as a conffile: not replaced.
+        if ! cmp -s "$RELEASE_KEY_SRC" "$(packaged_or_real "$RELEASE_KEY_FILE")"; then
+            warn "$RELEASE_KEY_FILE (the package's conffile) is not the key of --release-key $RELEASE_KEY_SRC: the root helper accepts only updates signed with the key in $RELEASE_KEY_FILE"
+        fi
+    elif [[ -n $RELEASE_KEY_SRC ]]; then
         install_file "$RELEASE_KEY_SRC" "$RELEASE_KEY_FILE" 0644
     fi
 }
 
 write_sudoers() {
     STEP="writing the sudoers drop-in"
-    local real tmp listing
+    local real tmp
     real=$(p "$SUDOERS_FILE")
     # A name with a dot: sudo's includedir skips it until it is renamed.
     tmp=$(p "$SUDOERS_DIR")/.noderax-agent.new-$TAG
@@ -1063,12 +1593,18 @@ EOF
         note "--root: sudo -l is not checked (sudo reads this machine's /etc/sudoers)"
         return 0
     fi
+    check_sudo_grants
+}
+
+# noderax may run the root helper as root, and nothing else, as sudo itself
+# sees it (other drop-ins could grant more).
+check_sudo_grants() {
     STEP="checking what $EXEC_USER may run through sudo"
+    local listing extra
     say "+ LC_ALL=C sudo -n -l -U $EXEC_USER (must list $HELPER and nothing else)"
     [[ $DRY_RUN == 1 ]] && return 0
     listing=$(LC_ALL=C sudo -n -l -U "$EXEC_USER" 2>&1 </dev/null) ||
         die "sudo -n -l -U $EXEC_USER failed: ${listing:0:300}"
-    local extra
     if ! extra=$(check_sudo_listing <<<"$listing"); then
         if [[ -n $extra ]]; then
             die "sudo lets $EXEC_USER run more than the root helper: $(tr '\n' ';' <<<"$extra") — remove those grants (they are not from this installer) and re-run"
@@ -1350,9 +1886,33 @@ write_units() {
     for u in "${UNITS[@]}"; do
         write_file "$UNIT_DIR/$u" root root 0644 "the embedded copy of systemd/$u" < <(unit_text "$u")
     done
+    write_exec_settings
     if [[ -z $ROOT ]]; then
         run systemctl daemon-reload
     fi
+}
+
+# The executor is socket-activated as noderax and cannot read the config
+# (root:noderax-net 0640), so the settings it shares with the network process
+# (kill_grace, max_concurrent_tasks, root_access_ceiling) reach it as
+# arguments in a drop-in. The installed agent writes the drop-in's text from
+# the config (only keys the config sets; none: comments only), so this and
+# `noderax-agent config set` produce the same file. Always written, so that
+# it is in the manifest when `config set` rewrites it later.
+write_exec_settings() {
+    local cli cfg content
+    cli=$(p "$INSTALL_DIR/current/noderax-agent")
+    cfg=$(p "$CONFIG_FILE")
+    own_dir "$EXEC_DROPIN_DIR" root root 0755
+    if [[ $DRY_RUN == 1 ]]; then
+        content="(dry run)"
+    else
+        content=$(env -i PATH="$SAFE_PATH" "$cli" --config-file "$cfg" config executor-unit) ||
+            die "$STEP: \`noderax-agent config executor-unit\` could not read $CONFIG_FILE (see above)"
+    fi
+    write_file "$EXEC_DROPIN" root root 0644 \
+        "\`noderax-agent config executor-unit\`: kill_grace, max_concurrent_tasks and root_access_ceiling from $CONFIG_FILE" \
+        <<<"$content"
 }
 
 bootstrap_identity() {
@@ -1368,11 +1928,7 @@ bootstrap_identity() {
     else
         # bootstrap records api_url in the config file it reads; the real one
         # is root-owned and already says so, so it gets a private copy.
-        if [[ $DRY_RUN == 1 ]]; then
-            tmpcfg=$DRY_TMP/bootstrap-config
-        else
-            tmpcfg=$TMP/bootstrap-config
-        fi
+        tmpcfg=$TMP/bootstrap-config
         run_shown "install -d -o $NET_USER -g $NET_USER -m 0700 $tmpcfg" \
             install -d -o "$OWN_UID" -g "$OWN_GID" -m 0700 "$tmpcfg"
         run_shown "install -o $NET_USER -g $NET_USER -m 0600 $(p "$CONFIG_FILE") $tmpcfg/config.json" \
@@ -1424,14 +1980,25 @@ unit_failed() {
 start_units() {
     STEP="starting the agent"
     local was_active=0
-    ENABLED=("${ENABLE_UNITS[@]}")
-    manifest_save
+    if [[ $PACKAGE == none ]]; then
+        # (The package's units are enabled by its postinst, and disabled and
+        # purged by its maintainer scripts.)
+        ENABLED=("${ENABLE_UNITS[@]}")
+        manifest_save
+    fi
     if [[ -n $ROOT ]]; then
         run systemctl --root="$ROOT" enable "${ENABLE_UNITS[@]}"
         note "--root: the units are enabled in $ROOT but not started"
         return 0
     fi
-    systemctl is-active --quiet "$MAIN_UNIT" 2>/dev/null && was_active=1
+    if [[ $PACKAGE == deb ]]; then
+        # Whether it ran before apt-get; the package's postinst has already
+        # restarted it if it upgraded the package.
+        was_active=$WAS_ACTIVE
+        if [[ -n $PKG_BEFORE && $PKG_BEFORE != "$DEB_VERSION" ]]; then was_active=0; fi
+    elif systemctl is-active --quiet "$MAIN_UNIT" 2>/dev/null; then
+        was_active=1
+    fi
     run systemctl enable --now "${ENABLE_UNITS[@]}" || unit_failed "the units did not start"
     if [[ $was_active == 1 ]]; then
         # An upgrade: the running processes still run the previous binaries.
@@ -1456,22 +2023,37 @@ main() {
     if [[ $DRY_RUN == 1 ]]; then
         TAG=PID
         say "Noderax agent installer: dry run, nothing is changed; progress would be reported to $API_URL/api/v1/node-installs/progress"
+        if [[ $PACKAGE == deb ]]; then
+            say "(--package deb: the package is still downloaded and verified, into a temporary directory removed at exit)"
+        fi
     fi
     check_host
     report installer_started 8 installing "Installer started on the target server."
     install_dependencies
-    create_accounts_and_dirs
-    download_and_verify
-    install_release
-    write_config
-    write_sudoers
-    write_units
+    if [[ $PACKAGE == deb ]]; then
+        check_package_accounts
+        download_and_verify_package
+        install_package
+        write_config
+        write_exec_settings
+        run systemctl daemon-reload
+        check_sudo_grants
+    else
+        create_accounts_and_dirs
+        download_and_verify
+        install_release
+        write_config
+        write_sudoers
+        write_units
+    fi
     report agent_bootstrapping 88 installing "Bootstrapping node credentials as noderax-net."
     bootstrap_identity
     start_units
     STEP="finishing"
     if [[ -n $ROOT ]]; then
         report service_started 100 completed "Agent $VERSION installed in $ROOT (--root: units enabled, not started)."
+    elif [[ $PACKAGE == deb ]]; then
+        report service_started 100 completed "Agent $VERSION installed successfully from the noderax-agent package and the noderax-agent service is running."
     else
         report service_started 100 completed "Agent $VERSION installed successfully and the noderax-agent service is running."
     fi
@@ -1479,6 +2061,8 @@ main() {
     if [[ $DRY_RUN == 1 ]]; then
         say "manifest $MANIFEST_FILE would read:"
         manifest_text | sed 's/^/|   /'
+    elif [[ $PACKAGE == deb ]]; then
+        say "Noderax agent $VERSION is installed as the package $DEB_PACKAGE $DEB_VERSION. Check it with: noderax-agent status; remove it with: apt-get purge $DEB_PACKAGE"
     else
         say "Noderax agent $VERSION is installed. Check it with: noderax-agent status"
     fi

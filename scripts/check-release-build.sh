@@ -37,5 +37,11 @@ if grep -q -a -e "test-refuse-pty-mode" -e "expected ctty, no-ctty or minimal" "
     echo "release check: test-only code is compiled into noderax-agent-exec" >&2
     fail=1
 fi
+# The network process's test hook (NODERAX_TEST_UPDATE_RESULT_FILE: where the
+# tests' stand-in root helper records an update's outcome) is debug-only too.
+if grep -q -a -e "NODERAX_TEST_UPDATE_RESULT_FILE" "$bin/noderax-agent"; then
+    echo "release check: test-only code is compiled into noderax-agent" >&2
+    fail=1
+fi
 ls -l "$bin/noderax-agent" "$bin/noderax-agent-exec" "$bin/noderax-agent-priv"
 exit "$fail"

@@ -6,7 +6,10 @@
 #     certificates, pkg-config, and systemd for `systemd-analyze` (the unit
 #     checks in tests/tests/systemd_units.rs; it need not be PID 1), and
 #     for the installer's tests (tests/tests/installer.rs) sudo (visudo),
-#     minisign and the shell linter (package shellcheck).
+#     minisign and the shell linter (package shellcheck); for the release
+#     layout's (tests/tests/release_layout.rs) also python3-yaml, which
+#     parses the release workflow (dpkg-deb and readelf come with dpkg and
+#     build-essential).
 #   - A Rust toolchain with rustfmt and clippy (rustup) if cargo is missing.
 #   - cargo-nextest (the test runner) if missing.
 #
@@ -22,7 +25,7 @@ as_root() {
     fi
 }
 
-packages=(build-essential ca-certificates curl git minisign pkg-config shellcheck sudo systemd)
+packages=(build-essential ca-certificates curl git minisign pkg-config python3-yaml shellcheck sudo systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

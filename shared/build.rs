@@ -24,10 +24,22 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
     // Re-run when HEAD moves so the embedded commit stays right.
-    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        println!("cargo:rerun-if-changed={git_dir}/HEAD");
+    // Paths come from `git rev-parse --git-path`, which knows where a
+    // worktree keeps HEAD and where the shared refs are. A path that does
+    // not exist would make cargo re-run this script (and rebuild every crate
+    // after it) on every build, so only existing ones are watched; a packed
+    // ref is watched through packed-refs.
+    if let Some(head) = git(&["rev-parse", "--git-path", "HEAD"]) {
+        println!("cargo:rerun-if-changed={head}");
         if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={git_dir}/{head_ref}");
+            for candidate in [head_ref.as_str(), "packed-refs"] {
+                if let Some(path) = git(&["rev-parse", "--git-path", candidate])
+                    && std::path::Path::new(&path).exists()
+                {
+                    println!("cargo:rerun-if-changed={path}");
+                    break;
+                }
+            }
         }
     }
 

@@ -4,8 +4,8 @@
 //!
 //! - [`ipc_server`]: socket, peer check, handshake, request dispatch;
 //! - [`task_registry`]: tasks, acknowledged output, replay;
-//! - [`task_runner`], [`process_runner`], [`process_group`], [`child_env`]:
-//!   turning a request into a supervised process;
+//! - [`task_runner`], [`process_runner`], [`session_spawn`], [`process_group`],
+//!   [`child_env`]: turning a request into a supervised process;
 //! - [`process_ledger`]: processes on record, killed after a crash;
 //! - [`output_buffer`]: one task's unacknowledged output (memory, then spill file);
 //! - [`package_list`], [`package_search`], [`package_change`]: package tasks
@@ -24,6 +24,7 @@ pub mod process_group;
 pub mod process_ledger;
 pub mod process_runner;
 pub mod pty_session;
+pub mod session_spawn;
 pub mod settings;
 pub mod task_registry;
 pub mod task_runner;

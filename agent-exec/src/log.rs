@@ -2,8 +2,16 @@
 //! event, prefixed with the level so `journalctl -p` style filtering and
 //! grepping work without a logging framework.
 
+use std::io::Write as _;
+
 fn line(level: &str, msg: &str) {
-    eprintln!("noderax-agent-exec[{}]: {level}: {msg}", std::process::id());
+    // One write per line: `eprintln!` writes piece by piece to the
+    // unbuffered stderr, which the network process may share.
+    let text = format!(
+        "noderax-agent-exec[{}]: {level}: {msg}\n",
+        std::process::id()
+    );
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
 pub fn info(msg: &str) {

@@ -1,9 +1,9 @@
 //! Runs one child process for a task and supervises it to the end.
 //!
-//! - The child starts in a session of its own (`setsid()` between fork and
-//!   exec, which is async-signal-safe), so the whole tree can be signalled
-//!   as one process group; stdin is `/dev/null`; the environment is exactly
-//!   what the caller passes (see [`crate::child_env`]).
+//! - The child starts in a session of its own ([`crate::session_spawn`]:
+//!   `posix_spawn` with `POSIX_SPAWN_SETSID`), so the whole tree can be
+//!   signalled as one process group; stdin is `/dev/null`; the environment
+//!   is exactly what the caller passes (see [`crate::child_env`]).
 //! - stdout and stderr are read as raw bytes in chunks of at most
 //!   [`MAX_OUTPUT_CHUNK`]; there is no line splitting, so no line length can
 //!   stall a pipe. Both pipes are read to EOF before the exit is reported.
@@ -12,7 +12,7 @@
 //!   so a command can clean up but no grandchild survives.
 
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use crate::process_group;
+use crate::session_spawn::{self, Spawn};
 
 /// Where output chunks go as they are read.
 pub type Sink = Arc<dyn Fn(OutputStream, Vec<u8>) + Send + Sync>;
@@ -132,29 +133,13 @@ pub async fn run(
     cancel: &mut mpsc::UnboundedReceiver<String>,
     started: impl FnOnce(u32),
 ) -> Finished {
-    let mut cmd = tokio::process::Command::new(&launch.program);
-    cmd.args(&launch.args)
-        .env_clear()
-        .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(false);
-    if let Some(dir) = &launch.cwd {
-        cmd.current_dir(dir);
-    }
-    // SAFETY: the closure runs between fork and exec and only calls setsid,
-    // which is async-signal-safe; it allocates nothing and takes no lock.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let start = Instant::now();
-    let mut child = match cmd.spawn() {
+    let mut child = match session_spawn::spawn(&Spawn {
+        program: &launch.program,
+        args: &launch.args,
+        env: &launch.env,
+        cwd: launch.cwd.as_deref(),
+    }) {
         Ok(c) => c,
         Err(e) => {
             let place = launch
@@ -172,7 +157,7 @@ pub async fn run(
             };
         }
     };
-    let pid = child.id().unwrap_or(0);
+    let pid = child.id();
     let pgid = pid as i32;
     started(pid);
 

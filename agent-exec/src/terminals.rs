@@ -61,6 +61,23 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// Whether `shell` is meant for interactive use: listed in `/etc/shells`
+/// when that file exists (Debian lists neither nologin nor false), else not
+/// one of those two.
+fn interactive_shell(shell: &str, etc_shells: Option<&str>) -> bool {
+    let name = shell.rsplit('/').next().unwrap_or(shell);
+    if matches!(name, "nologin" | "false") {
+        return false;
+    }
+    match etc_shells {
+        Some(list) if shell.starts_with('/') => list
+            .lines()
+            .map(str::trim)
+            .any(|l| !l.starts_with('#') && l == shell),
+        _ => true,
+    }
+}
+
 /// Shells to try, in the order of §9.4: `$SHELL`, then `bash`, `zsh`, `sh`
 /// through `PATH`, then the usual absolute paths; existing ones only,
 /// without duplicates.
@@ -71,7 +88,13 @@ pub fn shell_candidates(env_shell: Option<&str>) -> Vec<String> {
             out.push(p);
         }
     };
-    if let Some(shell) = env_shell.filter(|s| !s.is_empty()) {
+    let etc_shells = std::fs::read_to_string("/etc/shells").ok();
+    // The executor's user is a system account whose login shell is
+    // nologin: that would print "This account is currently not available."
+    // and end the terminal.
+    if let Some(shell) =
+        env_shell.filter(|s| !s.is_empty() && interactive_shell(s, etc_shells.as_deref()))
+    {
         if shell.starts_with('/') {
             add(shell.to_owned());
         } else {
@@ -314,6 +337,27 @@ impl Terminals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_accounts_login_shells_are_not_used_for_terminals() {
+        let debian =
+            "# /etc/shells: valid login shells\n/bin/sh\n/usr/bin/sh\n/bin/bash\n/usr/bin/bash\n";
+        for (shell, list, ok) in [
+            ("/usr/sbin/nologin", Some(debian), false),
+            ("/usr/sbin/nologin", None, false),
+            ("/bin/false", None, false),
+            ("/bin/bash", Some(debian), true),
+            ("/opt/odd/shell", Some(debian), false),
+            ("/opt/odd/shell", None, true),
+            ("bash", Some(debian), true),
+        ] {
+            assert_eq!(interactive_shell(shell, list), ok, "{shell} with {list:?}");
+        }
+        // nologin as $SHELL (User=noderax under systemd): never a candidate.
+        let c = shell_candidates(Some("/usr/sbin/nologin"));
+        assert!(!c.iter().any(|s| s.ends_with("nologin")), "{c:?}");
+        assert!(!c.is_empty(), "a real shell remains: {c:?}");
+    }
 
     #[test]
     fn sizes_default_and_are_bounded() {

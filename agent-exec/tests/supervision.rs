@@ -174,13 +174,18 @@ fn sigterm_to_the_executor_stops_its_tasks_and_leaves_an_empty_record() {
     c.run(&task_id(6), shell("sleep 1000 & sleep 1000"), MINUTE);
     let pid = wait_started(&mut c, &task_id(6));
     assert!(common::wait_members(pid, 2).len() >= 2);
+    // The record is written by the ledger's writer task, just after the
+    // spawn: wait for it.
     let record = exec.dir.path().join("state/processes");
-    assert!(
-        std::fs::read_to_string(&record)
-            .unwrap()
-            .contains(&format!("task {} {pid} ", task_id(6))),
-        "a running task is on record"
-    );
+    let line = format!("task {} {pid} ", task_id(6));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&record)
+        .unwrap_or_default()
+        .contains(&line)
+    {
+        assert!(Instant::now() < deadline, "a running task is on record");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(exec.child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(20);

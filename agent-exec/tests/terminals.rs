@@ -24,11 +24,10 @@ fn ctrl_c_interrupts_the_foreground_job_and_resize_reaches_stty() {
 
     input(&mut c, SID, b"sleep 100\n");
     std::thread::sleep(Duration::from_millis(300));
-    let started = Instant::now();
     input(&mut c, SID, &[0x03]);
-    // 130 = 128 + SIGINT: the sleep died of Ctrl-C.
+    // 130 = 128 + SIGINT: the sleep died of Ctrl-C (it would have ended
+    // with 0 after its 100 s otherwise).
     run_line(&mut c, SID, "echo status-$?-done", "status-130-done");
-    assert!(started.elapsed() < Duration::from_secs(10));
 
     run_line(&mut c, SID, "stty size; echo size-$((1))", "30 100");
     c.send(&NetMessage::TerminalResize {

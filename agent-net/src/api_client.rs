@@ -236,7 +236,7 @@ fn is_rustls_error(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Sorts a reqwest error into a [`TransportKind`] by looking through its causes.
-fn classify(e: reqwest::Error) -> CallError {
+pub(crate) fn classify(e: reqwest::Error) -> CallError {
     let mut kind = if e.is_timeout() {
         TransportKind::Timeout
     } else if e.is_connect() {

@@ -30,14 +30,28 @@ use crate::api_client::{ApiClient, CallError};
 use crate::backoff::Backoff;
 use crate::root_access::RootAccess;
 
-/// Receives tasks whose `started` succeeded. The permit is the task's slot:
-/// drop it when the task's work is finished.
+/// Receives claimed tasks: [`prepare`](Self::prepare) while `started` is
+/// in flight, then [`start`](Self::start) if it was accepted or
+/// [`abandon`](Self::abandon) if not.
 pub trait TaskSink: Send + Sync + 'static {
+    /// A task was claimed and its `started` is on its way: work that does
+    /// not run anything (setting up storage) can be done meanwhile.
+    fn prepare(&self, _task: &ClaimedTask) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+
+    /// `started` succeeded: run the task. The permit is the task's slot:
+    /// drop it when the task's work is finished.
     fn start(
         &self,
         task: ClaimedTask,
         slot: OwnedSemaphorePermit,
     ) -> impl Future<Output = ()> + Send;
+
+    /// `started` was refused: the task must not run; undo [`prepare`](Self::prepare).
+    fn abandon(&self, _task_id: &str) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// Settings of the loop.
@@ -113,12 +127,31 @@ pub async fn run<S: TaskSink>(
                 }
                 if let Some(task) = resp.task {
                     status.send_modify(|s| s.tasks_claimed += 1);
-                    match start(&client, &task, settings.request_timeout).await {
-                        Ok(()) => sink.start(task, slot).await,
-                        Err(why) => status.send_modify(|s| {
-                            s.tasks_not_started += 1;
-                            s.last_not_started = Some(format!("task {} not run: {why}", task.id));
-                        }),
+                    // `started` first; the sink prepares while it is in
+                    // flight. The yield lets the request be written before
+                    // the sink's work takes this thread.
+                    let (started, ()) =
+                        tokio::join!(start(&client, &task, settings.request_timeout), async {
+                            tokio::task::yield_now().await;
+                            sink.prepare(&task).await;
+                        });
+                    match started {
+                        Ok(()) => {
+                            sink.start(task, slot).await;
+                            // Let the hand-over to the executor run before
+                            // the next claim is built and sent: on this
+                            // single-threaded runtime that work would
+                            // otherwise sit between `started` and `RunTask`.
+                            tokio::task::yield_now().await;
+                        }
+                        Err(why) => {
+                            sink.abandon(&task.id).await;
+                            status.send_modify(|s| {
+                                s.tasks_not_started += 1;
+                                s.last_not_started =
+                                    Some(format!("task {} not run: {why}", task.id));
+                            });
+                        }
                     }
                 }
                 None
@@ -167,7 +200,7 @@ async fn start(
     loop {
         let attempt = tokio::time::timeout(
             request_timeout,
-            client.post::<_, serde_json::Value>(&route, &body),
+            client.post::<_, serde::de::IgnoredAny>(&route, &body),
         )
         .await;
         let err = match attempt {

@@ -9,13 +9,17 @@
 //! and report back through the input channel.
 //!
 //! Durability rules:
-//! - a task's directory, record and journal exist before `RunTask` is sent;
+//! - a task's directory, record and journal exist before `RunTask` is sent,
+//!   and are synced right after it (see [`make_durable`] for why that order);
 //! - output is appended and synced before `AckOutput` lets the executor
 //!   drop it;
 //! - the exit is stored before `ForgetTask`;
 //! - after a restart of either process the executor's inventory decides:
 //!   tasks it still has are replayed from the journal's last sequence
-//!   number; tasks it no longer has are completed `failed` with the reason.
+//!   number; tasks it no longer has are completed `failed` with the reason;
+//! - except an `agent.update` handed to the root helper: its own restart of
+//!   the units ends it, and the outcome the helper records decides
+//!   ([`crate::self_update`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -23,7 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shared::api::task::{ClaimedTask, CompletionStatus, LogStream};
-use shared::ipc::{ExecMessage, Inventory, NetMessage, Outcome, OutputStream, RunTask, TaskExit};
+use shared::ipc::{
+    ExecMessage, Inventory, NetMessage, Outcome, OutputStream, RunTask, TaskExit, TaskSpec,
+};
 use shared::timestamp::Timestamp;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::AbortHandle;
@@ -34,10 +40,12 @@ use crate::control_watch::{self, ControlEvent};
 use crate::exec_link::{ExecLink, LinkEvent};
 use crate::log;
 use crate::realtime_session::ServerEvent;
+use crate::release_download::{self, ReleaseSource};
 use crate::root_access::RootAccess;
+use crate::self_update::{self, PendingUpdate, ProgressReporter, Settled};
 use crate::state_dir::StateDir;
 use crate::task_journal::TaskJournal;
-use crate::task_report::{Delivery, ExitRecord, TaskRecord, TaskReporter};
+use crate::task_report::{Delivery, ExitRecord, TaskRecord, TaskReporter, sync_new_task};
 use crate::task_spec;
 use crate::terminal_bridge::TerminalBridge;
 
@@ -57,6 +65,20 @@ pub struct DispatchSettings {
     pub terminal_queue: usize,
     /// The claim loop's task slots: tasks resumed from disk take theirs.
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// Self-updates: where releases come from and how to tell the outcome.
+    pub updates: UpdateSettings,
+}
+
+/// What the dispatcher needs for `agent.update` tasks.
+#[derive(Debug, Clone)]
+pub struct UpdateSettings {
+    /// Where releases are downloaded from; `Err` says why updates cannot
+    /// work on this node (the tasks fail with it).
+    pub source: Result<Arc<ReleaseSource>, String>,
+    /// The version this process runs (what the control plane compares).
+    pub own_version: String,
+    /// The root helper's outcome file (`shared::release_files::UPDATE_RESULT`).
+    pub outcome_file: PathBuf,
 }
 
 /// What `status` shows about tasks and terminals.
@@ -70,6 +92,10 @@ pub struct DispatchStatus {
 
 /// Requests into the loop from the other tasks.
 enum Input {
+    /// Claimed, `started` in flight: set up its directory meanwhile.
+    Prepare { task_id: String, task_type: String },
+    /// `started` was refused: remove what `Prepare` set up.
+    Abandon { task_id: String },
     Claimed {
         task: ClaimedTask,
         slot: OwnedSemaphorePermit,
@@ -82,6 +108,17 @@ enum Input {
         task_id: String,
         result: std::io::Result<Delivery>,
     },
+    /// An update's release is downloaded and verified, or why not (with
+    /// the progress percentage reached).
+    UpdatePrepared {
+        task_id: String,
+        result: Result<(), (u8, String)>,
+    },
+    /// A pending update's outcome is known.
+    UpdateSettled {
+        pending: PendingUpdate,
+        settled: Settled,
+    },
 }
 
 /// The claim loop's way in: claimed tasks go to the dispatcher.
@@ -91,6 +128,26 @@ pub struct ClaimedTasks {
 }
 
 impl TaskSink for ClaimedTasks {
+    async fn prepare(&self, task: &ClaimedTask) {
+        // Best effort: if this does not get through, `start` sets up.
+        let _ = self
+            .tx
+            .send(Input::Prepare {
+                task_id: task.id.clone(),
+                task_type: task.task_type.clone(),
+            })
+            .await;
+    }
+
+    async fn abandon(&self, task_id: &str) {
+        let _ = self
+            .tx
+            .send(Input::Abandon {
+                task_id: task_id.to_owned(),
+            })
+            .await;
+    }
+
     async fn start(&self, task: ClaimedTask, slot: OwnedSemaphorePermit) {
         let id = task.id.clone();
         if self.tx.send(Input::Claimed { task, slot }).await.is_err() {
@@ -103,6 +160,8 @@ impl TaskSink for ClaimedTasks {
 
 #[derive(Debug)]
 enum Phase {
+    /// An update whose release is being downloaded; then handed over.
+    Preparing(RunTask),
     /// Waiting for the executor to be reachable.
     Pending(RunTask),
     /// The executor has it (or had it before a restart of this process).
@@ -125,6 +184,34 @@ struct Task {
     gone_on_server: bool,
     /// An operator's cancel reason, for the completion's `error`.
     cancel_reason: Option<String>,
+    /// Set for `agent.update` tasks.
+    update: Option<UpdateTask>,
+    /// The download of an update's release.
+    preparing: Option<AbortHandle>,
+}
+
+/// An `agent.update` task's target.
+struct UpdateTask {
+    version: String,
+    target_id: String,
+    rollback: bool,
+    progress: ProgressReporter,
+}
+
+impl UpdateTask {
+    /// The completion's `result` once the helper has the update (§7.6).
+    fn handoff(&self) -> serde_json::Map<String, serde_json::Value> {
+        let h = shared::api::task::UpdateHandoff {
+            status: "handoff".into(),
+            target_id: self.target_id.clone(),
+            target_version: self.version.clone(),
+            rollback: self.rollback,
+        };
+        match serde_json::to_value(h) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        }
+    }
 }
 
 impl Task {
@@ -145,6 +232,8 @@ impl Task {
             delivered: false,
             gone_on_server: false,
             cancel_reason: None,
+            update: None,
+            preparing: None,
         }
     }
 
@@ -171,6 +260,10 @@ struct Dispatcher {
     input: mpsc::Sender<Input>,
     /// Journals written since the last sync, with the highest seq each.
     dirty: HashSet<String>,
+    /// A pending update's outcome is being waited for.
+    settling: bool,
+    /// Directories set up while `started` was in flight, by task id.
+    prepared: HashMap<String, (PathBuf, TaskJournal)>,
 }
 
 /// Starts a dispatcher; returns the claim loop's sink. Tasks left
@@ -200,8 +293,11 @@ pub fn start(
         tasks: HashMap::new(),
         input: tx.clone(),
         dirty: HashSet::new(),
+        settling: false,
+        prepared: HashMap::new(),
     };
     d.recover();
+    d.settle_pending_update();
     let handle = tokio::spawn(d.run(
         rx,
         link_events,
@@ -212,6 +308,42 @@ pub fn start(
         shutdown,
     ));
     (ClaimedTasks { tx }, handle)
+}
+
+/// Makes a newly claimed task's directory durable, on a blocking thread so
+/// that the hand-over is not held up by it (three fsyncs, about 1 ms here,
+/// more on a busy disk).
+///
+/// Why the hand-over need not wait (the rule is that the directory, record
+/// and journal *exist* before `RunTask`):
+/// - a crash of either process, with the machine still up: everything
+///   written is in the page cache, so a restarted agent finds the record and
+///   the journal and resumes as before — this is the case where the
+///   executor keeps running the task, and the reason for the rule;
+/// - a power loss or kernel crash before this finishes: the task's processes
+///   die too. The agent may then come back without the task's directory and
+///   the control plane ends the task by its own timeout, instead of getting
+///   a `failed` completion. That window is this function's run time, right
+///   after the hand-over;
+/// - everything later is unchanged: output is acknowledged to the executor
+///   only after the journal is synced, and the exit is stored with an
+///   atomic, synced write.
+fn make_durable(id: &str, dir: PathBuf) {
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        // Not even the blocking thread's start (after 10 s idle) goes
+        // before the link writes `RunTask`.
+        tokio::task::yield_now().await;
+        let synced = tokio::task::spawn_blocking(move || {
+            sync_new_task(&dir).map_err(|e| format!("{}: {e}", dir.display()))
+        })
+        .await;
+        if let Ok(Err(e)) = synced {
+            log::error(format_args!(
+                "task {id}: making its directory durable failed ({e}); a power loss could lose the task's record; check the disk"
+            ));
+        }
+    });
 }
 
 fn stream_of(s: OutputStream) -> LogStream {
@@ -389,8 +521,18 @@ impl Dispatcher {
             let slot = running
                 .then(|| self.s.slots.clone().try_acquire_owned().ok())
                 .flatten();
-            self.tasks
-                .insert(id.clone(), Task::new(path, journal, phase, slot));
+            let mut task = Task::new(path, journal, phase, slot);
+            if let Ok(Some(p)) = PendingUpdate::load(&self.s.state)
+                && p.task_id == id
+            {
+                task.update = Some(UpdateTask {
+                    progress: ProgressReporter::start(self.client.clone(), p.target_id.clone()),
+                    version: p.version,
+                    target_id: p.target_id,
+                    rollback: p.rollback,
+                });
+            }
+            self.tasks.insert(id.clone(), task);
             self.spawn_reporter(&id);
             if running {
                 self.spawn_control(&id);
@@ -400,9 +542,13 @@ impl Dispatcher {
 
     fn on_input(&mut self, input: Input) {
         match input {
+            Input::Prepare { task_id, task_type } => self.prepare(task_id, task_type),
+            Input::Abandon { task_id } => self.abandon(&task_id),
             Input::Claimed { task, slot } => self.claimed(task, slot),
             Input::Control { task_id, event } => self.control(&task_id, event),
             Input::Delivered { task_id, result } => self.delivered(&task_id, result),
+            Input::UpdatePrepared { task_id, result } => self.update_prepared(&task_id, result),
+            Input::UpdateSettled { pending, settled } => self.update_settled(pending, settled),
         }
     }
 
@@ -420,17 +566,10 @@ impl Dispatcher {
             ));
             return;
         }
-        let dir = self.s.state.task(&id);
-        let record = TaskRecord {
-            task_id: id.clone(),
-            task_type: task.task_type.clone(),
-            exit: None,
-            completed_sent: false,
-            ended: None,
-        };
-        let journal = match record.save(&dir).and_then(|()| TaskJournal::open(&dir)) {
-            Ok(j) => j,
-            Err(e) => {
+        let prepared = self.prepared.remove(&id);
+        let (dir, journal) = match prepared.map_or_else(|| self.set_up(&id, &task.task_type), Ok) {
+            Ok(set_up) => set_up,
+            Err((dir, e)) => {
                 // Without a place to store output the task must not run:
                 // its output could not be delivered.
                 log::error(format_args!(
@@ -443,12 +582,76 @@ impl Dispatcher {
         // `Exited` until the spec is known: a task that cannot run never runs.
         self.tasks.insert(
             id.clone(),
-            Task::new(dir, journal, Phase::Exited, Some(slot)),
+            Task::new(dir.clone(), journal, Phase::Exited, Some(slot)),
         );
         self.start_or_refuse(&task, &id);
-        // After the hand-over: the reporter's start-up reads files, and the
-        // process should not wait for that.
+        // After the hand-over: neither the fsyncs nor the reporter's start-up
+        // (it reads files) should delay the task's process.
+        make_durable(&id, dir);
         self.spawn_reporter(&id);
+    }
+
+    /// Writes a new task's record and opens its journal. Not synced: see
+    /// [`make_durable`] for why that may wait until the task is handed over.
+    fn set_up(
+        &self,
+        id: &str,
+        task_type: &str,
+    ) -> Result<(PathBuf, TaskJournal), (PathBuf, std::io::Error)> {
+        let dir = self.s.state.task(id);
+        let record = TaskRecord {
+            task_id: id.to_owned(),
+            task_type: task_type.to_owned(),
+            exit: None,
+            completed_sent: false,
+            ended: None,
+        };
+        match record.create(&dir).and_then(|()| TaskJournal::open(&dir)) {
+            Ok(j) => Ok((dir, j)),
+            Err(e) => Err((dir, e)),
+        }
+    }
+
+    /// Sets up a task's directory while its `started` is in flight, so the
+    /// hand-over after it does not wait for the disk. Only a directory that
+    /// does not exist yet: one that does belongs to an earlier claim, and
+    /// [`claimed`](Self::claimed) deals with it as before. If this process
+    /// dies before `started` is answered, the next one finds the directory
+    /// and, as for any task its executor does not know, completes it
+    /// `failed`; the control plane refuses that (409) if `started` never
+    /// went through, and the task is claimed again after its lease.
+    fn prepare(&mut self, id: String, task_type: String) {
+        if shared::validate::uuid(&id).is_err()
+            || self.tasks.contains_key(&id)
+            || self.prepared.contains_key(&id)
+            || self.s.state.task(&id).exists()
+        {
+            return;
+        }
+        match self.set_up(&id, &task_type) {
+            Ok(set_up) => {
+                self.prepared.insert(id, set_up);
+            }
+            // `claimed` tries again and reports it if it still fails.
+            Err((dir, e)) => log::debug(format_args!(
+                "task {id}: setting up {} ahead of `started` failed: {e}",
+                dir.display()
+            )),
+        }
+    }
+
+    /// Removes a prepared directory: the task's `started` was refused and
+    /// it will not run.
+    fn abandon(&mut self, id: &str) {
+        if let Some((dir, journal)) = self.prepared.remove(id) {
+            drop(journal);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                log::warn(format_args!(
+                    "task {id} was not run, but its directory {} could not be removed: {e}",
+                    dir.display()
+                ));
+            }
+        }
     }
 
     /// Hands a newly claimed task to the executor, or ends it when it
@@ -470,18 +673,40 @@ impl Dispatcher {
                     timeout,
                     root_profile: self.root.lock().expect("root lock").applied_profile(),
                 };
-                log::info(format_args!(
-                    "task {id} ({}) claimed, timeout {}s",
-                    task.task_type,
-                    timeout.as_secs()
-                ));
+                if let TaskSpec::ApplyUpdate {
+                    version,
+                    target_id,
+                    rollback,
+                } = &run.spec
+                {
+                    log::info(format_args!(
+                        "task {id} ({}) claimed: downloading release {version} first",
+                        task.task_type
+                    ));
+                    let update = UpdateTask {
+                        progress: ProgressReporter::start(self.client.clone(), target_id.clone()),
+                        version: version.clone(),
+                        target_id: target_id.clone(),
+                        rollback: *rollback,
+                    };
+                    self.prepare_update(&id, run, update);
+                    self.spawn_control(&id);
+                    return;
+                }
                 let t = self.tasks.get_mut(&id).expect("inserted above");
                 if self.link_up {
                     self.link.send(NetMessage::RunTask(run));
                     t.phase = Phase::Handed;
+                    log::info(format_args!(
+                        "task {id} ({}) claimed, timeout {}s: handed to the executor",
+                        task.task_type,
+                        timeout.as_secs()
+                    ));
                 } else {
                     log::warn(format_args!(
-                        "task {id} waits for the executor: {}",
+                        "task {id} ({}) claimed, timeout {}s; it waits for the executor: {}",
+                        task.task_type,
+                        timeout.as_secs(),
                         self.last_down.as_deref().unwrap_or("not connected yet")
                     ));
                     t.phase = Phase::Pending(run);
@@ -617,6 +842,10 @@ impl Dispatcher {
                 log::info(format_args!("task {id}: cancel requested: {reason}"));
                 t.cancel_reason = Some(reason.clone());
                 match t.phase {
+                    Phase::Preparing(_) => {
+                        self.stop_preparing(id, &format!("update cancelled: {reason}"));
+                        self.finish_locally(id, CompletionStatus::Cancelled, reason);
+                    }
                     Phase::Pending(_) => {
                         self.finish_locally(id, CompletionStatus::Cancelled, reason);
                     }
@@ -640,9 +869,12 @@ impl Dispatcher {
                 }
                 t.delivered = true;
                 match t.phase {
-                    Phase::Pending(_) => {
-                        t.phase = Phase::Exited;
-                        t.slot = None;
+                    Phase::Preparing(_) | Phase::Pending(_) => {
+                        self.stop_preparing(id, &why);
+                        if let Some(t) = self.tasks.get_mut(id) {
+                            t.phase = Phase::Exited;
+                            t.slot = None;
+                        }
                         self.remove(id);
                     }
                     Phase::Handed => self.link.send(NetMessage::CancelTask {
@@ -679,8 +911,11 @@ impl Dispatcher {
                         task_id: id.to_owned(),
                         reason: why,
                     }),
-                    Phase::Pending(_) => {
-                        t.phase = Phase::Exited;
+                    Phase::Preparing(_) | Phase::Pending(_) => {
+                        self.stop_preparing(id, &why);
+                        if let Some(t) = self.tasks.get_mut(id) {
+                            t.phase = Phase::Exited;
+                        }
                         self.remove(id);
                     }
                     Phase::Exited => self.remove(id),
@@ -726,6 +961,20 @@ impl Dispatcher {
 
     fn executor_lost(&mut self, id: &str, why: &str) {
         let t = self.tasks.get(id);
+        if t.is_some_and(|t| t.update.is_some())
+            && PendingUpdate::load(&self.s.state)
+                .ok()
+                .flatten()
+                .is_some_and(|p| p.task_id == id)
+        {
+            // The helper's switch restarts the executor: expected, and the
+            // recorded outcome, not the lost connection, decides the task.
+            log::info(format_args!(
+                "task {id}: the executor went away during the update ({why}); waiting for the update's outcome"
+            ));
+            self.settle_pending_update();
+            return;
+        }
         if t.is_some_and(|t| t.gone_on_server) {
             let _ = self.tasks.get_mut(id).map(|t| t.phase = Phase::Exited);
             self.remove(id);
@@ -769,7 +1018,7 @@ impl Dispatcher {
                     });
                 }
                 Phase::Handed => self.executor_lost(&id, &why),
-                Phase::Exited => {}
+                Phase::Preparing(_) | Phase::Exited => {}
             }
         }
         for state in &inventory.tasks {
@@ -990,6 +1239,17 @@ impl Dispatcher {
                 None
             }
         };
+        if let Some(u) = &t.update {
+            if status == CompletionStatus::Success {
+                u.progress.report(self_update::step::restarting(&u.version));
+            } else {
+                let why = error
+                    .clone()
+                    .unwrap_or_else(|| format!("the root helper did not install {}", u.version));
+                u.progress.report(self_update::step::failed(70, &why));
+                PendingUpdate::clear(&self.s.state, &u.version);
+            }
+        }
         let record = ExitRecord {
             status,
             exit_code: exit.exit_code,
@@ -1000,5 +1260,191 @@ impl Dispatcher {
         };
         self.store_exit(&id, record);
         self.link.send(NetMessage::ForgetTask { task_id: id });
+    }
+
+    // ---- self-update -------------------------------------------------
+
+    /// Downloads and verifies an update's release in the background; the
+    /// task is handed to the executor once that is done.
+    fn prepare_update(&mut self, id: &str, run: RunTask, update: UpdateTask) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let source = self.s.updates.source.clone();
+        let staging = self.s.state.updates();
+        let version = update.version.clone();
+        let progress = update.progress.clone();
+        let input = self.input.clone();
+        let task_id = id.to_owned();
+        let handle = tokio::spawn(async move {
+            let result = async {
+                let source = source.map_err(|why| (0, why))?;
+                let arch = shared::release_files::host_arch().ok_or_else(|| {
+                    (
+                        0,
+                        format!(
+                            "no agent releases exist for the {} architecture",
+                            std::env::consts::ARCH
+                        ),
+                    )
+                })?;
+                let mut reached = 0;
+                let staged =
+                    release_download::stage(&source, &version, arch, &staging, |s, p, m| {
+                        reached = p;
+                        progress.report((s, p, m));
+                    })
+                    .await;
+                staged.map(|_| ()).map_err(|e| (reached, e.to_string()))
+            }
+            .await;
+            let _ = input.send(Input::UpdatePrepared { task_id, result }).await;
+        });
+        t.preparing = Some(handle.abort_handle());
+        t.update = Some(update);
+        t.phase = Phase::Preparing(run);
+    }
+
+    /// Stops an update's download (the task is being ended for `why`).
+    fn stop_preparing(&mut self, id: &str, why: &str) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if let Some(h) = t.preparing.take() {
+            h.abort();
+        }
+        if let (Phase::Preparing(_), Some(u)) = (&t.phase, &t.update) {
+            u.progress.report(self_update::step::failed(20, why));
+            let version = u.version.clone();
+            let _ = std::fs::remove_dir_all(self.s.state.updates().join(version));
+        }
+    }
+
+    fn update_prepared(&mut self, id: &str, result: Result<(), (u8, String)>) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        t.preparing = None;
+        if !matches!(t.phase, Phase::Preparing(_)) {
+            return; // ended meanwhile
+        }
+        let Some(u) = &t.update else {
+            return;
+        };
+        let recorded = result.and_then(|()| {
+            let pending = PendingUpdate {
+                task_id: id.to_owned(),
+                target_id: u.target_id.clone(),
+                version: u.version.clone(),
+                rollback: u.rollback,
+                from_version: self.s.updates.own_version.clone(),
+                since: Timestamp::now(),
+            };
+            pending.save(&self.s.state).map_err(|e| {
+                (
+                    45,
+                    format!("the pending update could not be recorded ({e}); check that the state directory is writable"),
+                )
+            })
+        });
+        if let Err((percent, why)) = recorded {
+            u.progress.report(self_update::step::failed(percent, &why));
+            let _ = std::fs::remove_dir_all(self.s.state.updates().join(&u.version));
+            log::warn(format_args!("task {id} (agent.update) failed: {why}"));
+            self.finish_locally(id, CompletionStatus::Failed, why);
+            return;
+        }
+        u.progress.report(self_update::step::installing(&u.version));
+        let Phase::Preparing(run) = std::mem::replace(&mut t.phase, Phase::Handed) else {
+            unreachable!("matched above")
+        };
+        if self.link_up {
+            self.link.send(NetMessage::RunTask(run));
+        } else {
+            log::warn(format_args!(
+                "task {id} waits for the executor: {}",
+                self.last_down.as_deref().unwrap_or("not connected yet")
+            ));
+            t.phase = Phase::Pending(run);
+        }
+    }
+
+    /// Waits in the background for the outcome of an update this process
+    /// (or the one before it) handed to the root helper.
+    fn settle_pending_update(&mut self) {
+        if self.settling {
+            return;
+        }
+        let pending = match PendingUpdate::load(&self.s.state) {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                log::error(format_args!(
+                    "{e}; the update it recorded cannot be settled; remove the file once inspected"
+                ));
+                return;
+            }
+        };
+        self.settling = true;
+        let state = self.s.state.clone();
+        let outcome_file = self.s.updates.outcome_file.clone();
+        let own = self.s.updates.own_version.clone();
+        let input = self.input.clone();
+        tokio::spawn(async move {
+            let settled = self_update::settle(&state, &outcome_file, &own, &pending).await;
+            if let Some(settled) = settled {
+                let _ = input.send(Input::UpdateSettled { pending, settled }).await;
+            }
+        });
+    }
+
+    fn update_settled(&mut self, pending: PendingUpdate, settled: Settled) {
+        self.settling = false;
+        let progress = match self
+            .tasks
+            .get(&pending.task_id)
+            .and_then(|t| t.update.as_ref())
+        {
+            Some(u) => u.progress.clone(),
+            None => ProgressReporter::start(self.client.clone(), pending.target_id.clone()),
+        };
+        let (report, failure) = match &settled {
+            Settled::Running => (
+                self_update::step::waiting_for_reconnect(&pending.version),
+                None,
+            ),
+            Settled::InstalledNotRunning(why) => {
+                (self_update::step::installed_not_running(why), None)
+            }
+            Settled::Failed(why) => (self_update::step::failed(90, why), Some(why.clone())),
+        };
+        log::info(format_args!(
+            "update to {} (task {}) settled: {settled:?}",
+            pending.version, pending.task_id
+        ));
+        progress.report(report);
+        PendingUpdate::clear(&self.s.state, &pending.version);
+        let id = pending.task_id;
+        let Some(t) = self.tasks.get(&id) else {
+            return;
+        };
+        if matches!(t.phase, Phase::Exited) {
+            return; // its hand-off was reported before the restart
+        }
+        match failure {
+            Some(why) => self.finish_locally(&id, CompletionStatus::Failed, why),
+            None => {
+                let result = t.update.as_ref().map(UpdateTask::handoff);
+                let exit = ExitRecord {
+                    status: CompletionStatus::Success,
+                    exit_code: 0,
+                    duration_ms: 0,
+                    error: None,
+                    result,
+                    finished_at: Timestamp::now(),
+                };
+                self.store_exit(&id, exit);
+            }
+        }
     }
 }

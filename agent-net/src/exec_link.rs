@@ -190,6 +190,14 @@ async fn connection(
                 if let Some(expected) = peer_uid {
                     match s.peer_cred() {
                         Ok(cred) if cred.uid() == *expected => {}
+                        // Socket activation: SO_PEERCRED names whoever
+                        // called listen(), which is systemd itself (pid 1,
+                        // root), not the executor it hands the connection
+                        // to. Only root can listen at the socket's path
+                        // (systemd creates /run/noderax-agent root-owned),
+                        // so this is the unit's socket and User= of its
+                        // service decides who serves it.
+                        Ok(cred) if cred.uid() == 0 && cred.pid() == Some(1) => {}
                         Ok(cred) => {
                             return fail(
                                 format!(

@@ -19,8 +19,12 @@
 //!   [`task_retention`]: removes old delivered outputs.
 //! - [`task_spec`]: a claimed task's payload checked and turned into an
 //!   executor request.
+//! - [`self_update`]: the `agent.update` task's progress reports and the
+//!   record that carries an update across the restart it causes.
 //! - [`state_dir`]: the files of the state directory; [`agent_status`]: the
 //!   running agent's `status.json`.
+//! - [`release_download`]: downloading, verifying and staging a release for
+//!   the self-update.
 
 pub mod agent_status;
 pub mod api_client;
@@ -38,8 +42,10 @@ pub mod metrics;
 pub mod output_clip;
 pub mod privilege_drop;
 pub mod realtime_session;
+pub mod release_download;
 pub mod root_access;
 pub mod sd_notify;
+pub mod self_update;
 pub mod sio_client;
 pub mod state_dir;
 pub mod task_journal;

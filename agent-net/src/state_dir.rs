@@ -7,6 +7,8 @@
 //!   pending_enrollment.json    an e-mail enrollment waiting for approval
 //!   status.json                what `noderax-agent run` is doing (status command)
 //!   tasks/<task id>/           one task: task.json, output.journal, delivered
+//!   updates/<version>/         a downloaded release, staged for the root helper
+//!   updates/pending.json       an update handed to the helper, until settled
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -42,6 +44,13 @@ impl StateDir {
         self.tasks().join(task_id)
     }
 
+    /// Releases staged for the root helper's `update apply`
+    /// ([`crate::release_download`]) and the pending update record
+    /// ([`crate::self_update`]).
+    pub fn updates(&self) -> PathBuf {
+        self.root.join("updates")
+    }
+
     /// The running agent's status file.
     pub fn status_file(&self) -> PathBuf {
         self.root.join("status.json")
@@ -60,6 +69,7 @@ mod tests {
             d.task("3f1c"),
             Path::new("/var/lib/noderax-agent/tasks/3f1c")
         );
+        assert_eq!(d.updates(), Path::new("/var/lib/noderax-agent/updates"));
         let bare = StateDir::for_state_file(Path::new("identity.json"));
         assert_eq!(bare.root(), Path::new("."));
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use shared::api::task::{CompletionStatus, LogStream, TaskCompleted, TaskLog};
 use shared::timestamp::Timestamp;
@@ -26,6 +27,8 @@ use crate::output_clip::Clipper;
 use crate::task_journal::{JournalReader, Positions, TaskJournal};
 
 const RECORD: &str = "task.json";
+/// Where [`TaskRecord::create`] writes before renaming to [`RECORD`].
+const RECORD_NEW: &str = ".task.json.new";
 /// Entries built ahead of sending, at most (about 320 kB of text).
 const FEED_BATCH_ENTRIES: usize = 64;
 /// How often delivered positions are made durable while logs flow.
@@ -67,6 +70,8 @@ impl TaskRecord {
         }
     }
 
+    /// Replaces `task.json` atomically and durably (fsync of the file and
+    /// the directory).
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let text = serde_json::to_vec_pretty(self).expect("serializable");
@@ -74,10 +79,44 @@ impl TaskRecord {
             .map_err(|e| std::io::Error::other(e.to_string()))
     }
 
+    /// Writes the record of a newly claimed task without waiting for the
+    /// disk: complete or absent after a crash of this process (written
+    /// beside, then renamed), in the page cache until [`sync_new_task`]
+    /// makes it durable. Creates `dir` (and `tasks/`) as needed.
+    pub fn create(&self, dir: &Path) -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::create_dir_all(dir)?;
+        let text = serde_json::to_vec_pretty(self).expect("serializable");
+        let tmp = dir.join(RECORD_NEW);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?
+            .write_all(&text)?;
+        std::fs::rename(&tmp, dir.join(RECORD))
+    }
+
     /// Nothing left to send.
     pub fn done(&self) -> bool {
         self.completed_sent || self.ended.is_some()
     }
+}
+
+/// Makes a task directory set up by [`TaskRecord::create`] and
+/// [`TaskJournal::open`] durable: the record's content, the directory
+/// entries of the record and the journal files, and the task directory's
+/// own entry in `tasks/`. One fsync per directory covers every file
+/// created in it, so this is three fsyncs however many files there are.
+pub fn sync_new_task(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir.join(RECORD))?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// How delivery finished.
@@ -166,7 +205,7 @@ impl TaskReporter {
             }
             self.builder.tick(now);
             while let Some(entry) = self.builder.pop() {
-                if let Some(reason) = self.send_log(&record, &entry).await? {
+                if let Some(reason) = self.send_log(&record, entry).await? {
                     return self.end(record, reason);
                 }
             }
@@ -226,31 +265,30 @@ impl TaskReporter {
     async fn send_log(
         &mut self,
         record: &TaskRecord,
-        entry: &Entry,
+        entry: Entry,
     ) -> std::io::Result<Option<String>> {
+        let end = entry.end;
         let body = TaskLog {
             task_id: record.task_id.clone(),
             stream: entry.stream,
-            line: entry.line.clone(),
+            line: entry.line,
             timestamp: Timestamp::now(),
         };
         let route = shared::api::route::task(&record.task_id, "logs");
         loop {
-            match verdict(
-                self.client
-                    .post::<_, serde_json::Value>(&route, &body)
-                    .await,
-            ) {
+            // The answer echoes the stored row, line included; only its
+            // status matters, so the body is checked as JSON but not kept.
+            match verdict(self.client.post::<_, IgnoredAny>(&route, &body).await) {
                 // A refused entry would be refused forever: step over it
                 // (it stays in the journal and in `task-output`).
                 Verdict::Delivered | Verdict::Refused(_) => {
                     self.backoff.reset();
-                    let i = match entry.stream {
+                    let i = match body.stream {
                         LogStream::Stdout => 0,
                         LogStream::Stderr => 1,
                         LogStream::System => 2,
                     };
-                    self.delivered[i] = self.delivered[i].max(entry.end);
+                    self.delivered[i] = self.delivered[i].max(end);
                     let mut j = self.journal.lock().expect("journal lock");
                     j.record_delivered(self.delivered)?;
                     if self.last_sync.elapsed() >= DELIVERED_SYNC_INTERVAL {
@@ -293,11 +331,7 @@ impl TaskReporter {
         let route = shared::api::route::task(&record.task_id, "completed");
         let mut body = body;
         loop {
-            match verdict(
-                self.client
-                    .post::<_, serde_json::Value>(&route, &body)
-                    .await,
-            ) {
+            match verdict(self.client.post::<_, IgnoredAny>(&route, &body).await) {
                 Verdict::Delivered => return Ok(None),
                 Verdict::End(reason) => return Ok(Some(reason)),
                 Verdict::Retry(after) => tokio::time::sleep(self.backoff.next_delay(after)).await,
@@ -356,7 +390,7 @@ enum Verdict {
     Refused(String),
 }
 
-fn verdict(r: Result<serde_json::Value, CallError>) -> Verdict {
+fn verdict(r: Result<IgnoredAny, CallError>) -> Verdict {
     match r {
         Ok(_) => Verdict::Delivered,
         // A 2xx whose body is not what we expected was still accepted.

@@ -59,6 +59,11 @@ struct Node {
     agent: Option<Child>,
     executor: Option<Child>,
     mode: ExecMode,
+    /// Stand-ins for sudo and the root helper (self-update tests); without
+    /// them package changes and updates fail cleanly.
+    root_helper: Option<(PathBuf, PathBuf)>,
+    /// The testbed's release CDN directory, if it serves one.
+    cdn: Option<tempfile::TempDir>,
 }
 
 impl Node {
@@ -68,6 +73,13 @@ impl Node {
 
     /// `extra`: config keys added to (or replacing) the defaults below.
     async fn start_with(config: TestbedConfig, mode: ExecMode, extra: Value) -> Self {
+        let mut node = Self::prepare(config, mode, extra).await;
+        node.launch();
+        node
+    }
+
+    /// The testbed, identity and config, but no process yet.
+    async fn prepare(config: TestbedConfig, mode: ExecMode, extra: Value) -> Self {
         let tb = Testbed::start(config).await.unwrap();
         let (node_id, agent_token) = tb.create_node("e2e-node");
         let dir = tempfile::tempdir().unwrap();
@@ -99,19 +111,34 @@ impl Node {
             serde_json::to_vec_pretty(&config).unwrap(),
         )
         .unwrap();
-        let mut node = Self {
+        Self {
             tb,
             node_id,
             dir,
             agent: None,
             executor: None,
             mode,
-        };
-        if mode == ExecMode::Socket {
-            node.start_executor();
+            root_helper: None,
+            cdn: None,
         }
-        node.start_agent();
-        node
+    }
+
+    /// Starts the executor (socket mode) and the agent.
+    fn launch(&mut self) {
+        if self.mode == ExecMode::Socket {
+            self.start_executor();
+        }
+        self.start_agent();
+    }
+
+    /// Changes keys of the agent's config file.
+    fn set_config(&self, keys: Value) {
+        let path = self.dir.path().join("config.json");
+        let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        for (k, v) in keys.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     }
 
     fn log(&self, name: &str) -> std::fs::File {
@@ -132,6 +159,7 @@ impl Node {
             .arg(self.dir.path().join("exec"))
             .arg("--kill-grace")
             .arg("2s")
+            .args(self.helper_args())
             .stdin(Stdio::null())
             .stderr(self.log("exec.log"))
             .spawn()
@@ -151,6 +179,18 @@ impl Node {
         self.start_agent_with(&[]);
     }
 
+    /// The executor's root helper options: the stand-ins, or none at all
+    /// (package changes and updates then fail cleanly).
+    fn helper_args(&self) -> Vec<String> {
+        match &self.root_helper {
+            Some((sudo, helper)) => vec![
+                format!("--sudo={}", sudo.display()),
+                format!("--helper={}", helper.display()),
+            ],
+            None => vec!["--helper=/nonexistent/noderax-agent-priv".into()],
+        }
+    }
+
     fn start_agent_with(&mut self, extra: &[&str]) {
         let mut cmd = Command::new(agent_bin());
         cmd.arg("--config-file")
@@ -163,8 +203,14 @@ impl Node {
                 ExecMode::Child => "child",
                 ExecMode::Socket => "socket",
             })
-            // No root helper in these tests: package changes fail cleanly.
-            .arg("--exec-arg=--helper=/nonexistent/noderax-agent-priv");
+            // Where a stand-in root helper records an update's outcome.
+            .env(
+                "NODERAX_TEST_UPDATE_RESULT_FILE",
+                self.dir.path().join("update-result.json"),
+            );
+        for arg in self.helper_args() {
+            cmd.arg(format!("--exec-arg={arg}"));
+        }
         if is_root() {
             cmd.arg("--allow-root");
         }
@@ -668,6 +714,9 @@ async fn a_task_whose_lease_expired_before_started_is_never_run() {
     );
     if accepted_starts == 0 {
         assert!(!marker.exists(), "the refused task did not run");
+        // Its directory, set up while `started` was in flight, is gone.
+        let task_dir = node.dir.path().join("state/tasks").join(&id);
+        assert!(!task_dir.exists(), "{} was left behind", task_dir.display());
     }
 }
 
@@ -694,11 +743,14 @@ async fn terminals_echo_take_ctrl_c_and_survive_a_socket_cut() {
     .await;
 
     // Ctrl-C interrupts a foreground command in the session.
+    // A marker no other test's process has ("sleep 100" would also match
+    // a parallel test's "sleep 1000", and ^C could then come before this
+    // sleep started).
     node.tb
-        .terminal_input(&sid, b"sleep 100; echo not-interrupted\n")
+        .terminal_input(&sid, b"sleep 97.31; echo not-interrupted\n")
         .unwrap();
     node.wait_for("sleep running", || {
-        (!processes_with("sleep 100").is_empty()).then_some(())
+        (!processes_with("sleep 97.31").is_empty()).then_some(())
     })
     .await;
     node.tb.terminal_input(&sid, &[0x03]).unwrap();
@@ -828,4 +880,194 @@ async fn an_executor_running_as_the_wrong_user_is_refused() {
     let id = node.shell("echo should-not-run");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(node.messages(&id).is_empty());
+}
+
+// ---- self-update ---------------------------------------------------------------------
+
+const NEW_VERSION: &str = "9.9.9";
+
+fn write_exec(path: &std::path::Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, body).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+impl Node {
+    /// An agent whose executor reaches a stand-in root helper through a
+    /// stand-in sudo, with releases served by the testbed's CDN.
+    async fn for_updates(tamper: bool) -> Self {
+        let cdn = tempfile::tempdir().unwrap();
+        let config = TestbedConfig {
+            release_dir: Some(cdn.path().to_owned()),
+            ..TestbedConfig::default()
+        };
+        let mut node = Self::prepare(config, ExecMode::Socket, json!({})).await;
+        let base = format!("{}/cdn", node.tb.api_url());
+        testbed::release_fixture::publish(cdn.path(), &base, NEW_VERSION, tamper);
+        node.set_config(json!({
+            "update_base_url": base,
+            "update_github_api_url": format!("{}/no-github", node.tb.api_url()),
+        }));
+        let sudo = node.dir.path().join("sudo");
+        write_exec(&sudo, "#!/bin/sh\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n");
+        // Records what it was asked and the digests of what was staged.
+        let helper = node.dir.path().join("noderax-agent-priv");
+        write_exec(
+            &helper,
+            &format!(
+                "#!/bin/sh\necho \"$*\" >> {log}\n\
+                 cd {state}/updates/$4 && sha256sum * >> {log}\n\
+                 echo 'noderax-agent-priv: step: restarting: handed to the noderax-agent-update unit'\n",
+                log = node.dir.path().join("helper.log").display(),
+                state = node.dir.path().join("state").display(),
+            ),
+        );
+        node.root_helper = Some((sudo, helper));
+        node.cdn = Some(cdn);
+        node.launch();
+        node
+    }
+
+    fn restart_both(&mut self) {
+        self.kill9_agent();
+        if let Some(mut c) = self.executor.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.launch();
+    }
+
+    fn helper_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("helper.log")).unwrap_or_default()
+    }
+
+    /// Starts a rollout of [`NEW_VERSION`] to this node; returns its target id.
+    async fn roll_out(&self) -> String {
+        // Nodes made by the testbed did not enroll, so no arch was reported.
+        let arch = shared::release_files::host_arch().unwrap();
+        self.tb.set_arch(&self.node_id, arch).unwrap();
+        self.wait_for("the node is online", || {
+            self.tb.node(&self.node_id).filter(|n| n.online).map(|_| ())
+        })
+        .await;
+        let rollout = self
+            .tb
+            .create_rollout(NEW_VERSION, &[&self.node_id], false)
+            .unwrap();
+        self.tb.rollout(&rollout).unwrap().targets[0].clone()
+    }
+
+    async fn target_reaches(&self, target: &str, status: &str) -> testbed::model::Target {
+        self.wait_for(&format!("target {status}"), || {
+            self.tb
+                .target(target)
+                .filter(|t| t.history.iter().any(|h| h == status))
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_is_downloaded_verified_handed_over_and_settled_after_the_restart() {
+    let mut node = Node::for_updates(false).await;
+    node.ready().await;
+    let target = node.roll_out().await;
+    let t = node.target_reaches(&target, "restarting").await;
+    assert_eq!(
+        t.history,
+        [
+            "dispatched",
+            "downloading",
+            "verifying",
+            "installing",
+            "restarting"
+        ]
+    );
+    let task_id = t.task_id.clone().unwrap();
+    let task = node.done(&task_id).await;
+    assert_eq!(task.status, TaskStatus::Success, "{task:?}");
+    let result = task.result.clone().unwrap();
+    assert_eq!(result["status"], "handoff", "{result}");
+    assert_eq!(result["targetVersion"], NEW_VERSION);
+    assert_eq!(result["targetId"], target.as_str());
+
+    // The helper was asked once, and found all three programs staged with
+    // the published digests.
+    let log = node.helper_log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines[0], format!("update apply --version {NEW_VERSION}"));
+    let arch = shared::release_files::host_arch().unwrap();
+    for program in shared::release_files::PROGRAMS {
+        let name = shared::release_files::artifact_name(program, arch);
+        let sha = testbed::release_fixture::sha256_hex(
+            testbed::release_fixture::program_body(program, NEW_VERSION).as_bytes(),
+        );
+        assert!(
+            lines.contains(&format!("{sha}  {name}").as_str()),
+            "{name} staged as published: {log}"
+        );
+    }
+    let state = node.dir.path().join("state");
+    assert!(state.join("updates/pending.json").is_file());
+
+    // The helper's switch fails and rolls back, then restarts the units:
+    // the old agent comes back and reports why.
+    std::fs::write(
+        node.dir.path().join("update-result.json"),
+        json!({
+            "version": NEW_VERSION,
+            "outcome": "rolled_back",
+            "message": format!("{NEW_VERSION} did not become ready (noderax-agent.service not active for 5 consecutive checks within 60s); rolled back to 0.1.0"),
+            "finishedAt": Timestamp::now().to_string(),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    node.restart_both();
+    let t = node.target_reaches(&target, "failed").await;
+    let why = t.status_message.clone().unwrap_or_default();
+    assert!(
+        why.contains("did not become ready") && why.contains("rolled back"),
+        "the operator sees the helper's reason: {why}"
+    );
+    assert_eq!(t.status, "failed");
+    node.wait_for("the pending record and staged release are gone", || {
+        (!state.join("updates/pending.json").exists()
+            && !state.join(format!("updates/{NEW_VERSION}")).exists())
+        .then_some(())
+    })
+    .await;
+    // The task stays as it was reported: the hand-off happened.
+    assert_eq!(node.tb.task(&task_id).unwrap().status, TaskStatus::Success);
+    node.assert_no_rejections();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_release_is_refused_before_the_root_helper_is_asked() {
+    let node = Node::for_updates(true).await;
+    node.ready().await;
+    let target = node.roll_out().await;
+    let t = node.target_reaches(&target, "failed").await;
+    assert_eq!(
+        t.history,
+        ["dispatched", "downloading", "verifying", "failed"]
+    );
+    let why = t.status_message.clone().unwrap_or_default();
+    assert!(why.contains("tampered"), "{why}");
+    let task = node.done(&t.task_id.clone().unwrap()).await;
+    assert_eq!(task.status, TaskStatus::Failed, "{task:?}");
+    assert!(
+        task.result.as_ref().unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("tampered"),
+        "{task:?}"
+    );
+    assert_eq!(node.helper_log(), "", "the helper never ran");
+    let staged = node.dir.path().join(format!("state/updates/{NEW_VERSION}"));
+    assert!(!staged.exists(), "nothing of the download is left");
+    // The agent carries on.
+    let id = node.shell("echo after");
+    assert_eq!(node.done(&id).await.status, TaskStatus::Success);
+    node.assert_no_rejections();
 }

@@ -275,3 +275,31 @@ async fn enroll_without_a_terminal_needs_an_email() {
     );
     assert!(tb.enrollments().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_leaves_a_config_that_already_says_it_alone() {
+    use std::os::unix::fs::MetadataExt as _;
+    let tb = Testbed::start(TestbedConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state/agent_identity.json");
+    // As the installer writes it: root-owned, unwritable for noderax-net.
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({"api_url": tb.api_url(), "state_file": state}).to_string(),
+    )
+    .unwrap();
+    let before = std::fs::metadata(&config).unwrap().ino();
+    let out = bootstrap(&tb, dir.path(), &tb.create_install("boot")).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("could not write"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().ino(),
+        before,
+        "the config file was not rewritten"
+    );
+}

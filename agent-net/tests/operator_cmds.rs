@@ -581,6 +581,64 @@ fn doctor_fails_for_an_unreachable_api() {
 }
 
 #[test]
+fn doctor_follows_the_helpers_link_and_checks_the_directories_on_the_way() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the helper and its directories must be root's");
+        return;
+    }
+    let s = Setup::new(&format!("http://127.0.0.1:{}", closed_port()));
+    // The installed layout: libexec/noderax-agent-priv -> current/... and
+    // current -> releases/1.0.0, in a root-owned 0700 directory in /tmp.
+    let layout = tempfile::tempdir_in("/tmp").unwrap();
+    let l = layout.path();
+    let release = l.join("releases/1.0.0");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::create_dir(l.join("libexec")).unwrap();
+    let helper = release.join("noderax-agent-priv");
+    std::fs::write(&helper, "#!/bin/sh\n").unwrap();
+    for d in [l.join("releases"), release.clone(), l.join("libexec")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("releases/1.0.0", l.join("current")).unwrap();
+    std::os::unix::fs::symlink(
+        l.join("current/noderax-agent-priv"),
+        l.join("libexec/noderax-agent-priv"),
+    )
+    .unwrap();
+    let link = l.join("libexec/noderax-agent-priv");
+    let args = [
+        "doctor",
+        "--sudo",
+        "/nonexistent/sudo",
+        "--helper",
+        link.to_str().unwrap(),
+    ];
+
+    let o = text(&s.run(&args).stdout);
+    let line = check_line(&o, "root helper");
+    assert_eq!(level(line), "ok", "{o}");
+    assert!(
+        line.contains(&format!("-> {}", helper.display())) && line.contains("mode 0755"),
+        "{line}"
+    );
+
+    // A release directory others can write: the helper could be replaced.
+    std::fs::set_permissions(&release, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = text(&s.run(&args).stdout);
+    let line = check_line(&o, "root helper");
+    assert_eq!(level(line), "FAIL", "{o}");
+    assert!(
+        line.contains(&format!(
+            "{} (owner root (uid 0), mode 0777)",
+            release.display()
+        )),
+        "{line}"
+    );
+}
+
+#[test]
 fn doctor_shakes_hands_with_the_executor_only_when_no_agent_runs() {
     use shared::ipc::{self, ExecMessage, Hello, Inventory, NetMessage, TaskState};
     use std::os::unix::net::UnixListener;
@@ -654,4 +712,123 @@ fn the_example_config_uses_only_real_keys() {
     .unwrap();
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     loaded.require_runnable().unwrap();
+}
+
+// ---- update by hand ------------------------------------------------------------------
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A testbed whose CDN publishes release `version` (tampered or not), a
+/// set-up pointing at it, and a stand-in root helper that records its
+/// arguments and what was staged.
+async fn update_setup(version: &str, tamper: bool) -> (Testbed, tempfile::TempDir, Setup, PathBuf) {
+    let cdn = tempfile::tempdir().unwrap();
+    let tb = Testbed::start(TestbedConfig {
+        release_dir: Some(cdn.path().to_owned()),
+        ..TestbedConfig::default()
+    })
+    .await
+    .unwrap();
+    let base = format!("{}/cdn", tb.api_url());
+    testbed::release_fixture::publish(cdn.path(), &base, version, tamper);
+    let s = Setup::new(&tb.api_url());
+    let config = serde_json::json!({
+        "api_url": tb.api_url(),
+        "state_file": s.state_file(),
+        "update_base_url": base,
+        "update_github_api_url": format!("{}/no-github", tb.api_url()),
+    });
+    std::fs::write(s.path().join("config.json"), config.to_string()).unwrap();
+    std::fs::create_dir_all(s.state().root()).unwrap();
+    let helper = s.path().join("helper");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {log}\ncd {updates}/$4 && ls -ln >> {log}\n",
+            log = s.path().join("helper.log").display(),
+            updates = s.state().updates().display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (tb, cdn, s, helper)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_by_hand_stages_a_verified_release_for_the_root_helper() {
+    let (_tb, _cdn, s, helper) = update_setup("9.9.9", false).await;
+    let helper_arg = format!("--helper={}", helper.display());
+    if !is_root() {
+        let out = s
+            .run_async(&["update", "--target-version", "9.9.9", &helper_arg])
+            .await;
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("run it as root"),
+            "{}",
+            text(&out.stderr)
+        );
+        return;
+    }
+    // The state directory belongs to the network user; what root stages
+    // there is handed to it.
+    std::os::unix::fs::chown(s.state().root(), Some(4242), Some(4242)).unwrap();
+    // The original agent's request file, read once and deleted.
+    let request = s.path().join("update-request.json");
+    std::fs::write(&request, r#"{"targetVersion":"9.9.9"}"#).unwrap();
+    let out = s
+        .run_async(&[
+            "update",
+            "--request-file",
+            request.to_str().unwrap(),
+            &helper_arg,
+        ])
+        .await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(!request.exists(), "the request is consumed");
+    for step in [
+        "downloading 20%",
+        "verifying 45%",
+        "installing 70%",
+        "restarting 90%",
+    ] {
+        assert!(stdout.contains(step), "{step} missing from:\n{stdout}");
+    }
+    let log = std::fs::read_to_string(s.path().join("helper.log")).unwrap();
+    assert!(log.starts_with("update apply --version 9.9.9\n"), "{log}");
+    let arch = shared::release_files::host_arch().unwrap();
+    for program in shared::release_files::PROGRAMS {
+        let name = shared::release_files::artifact_name(program, arch);
+        let line = log
+            .lines()
+            .find(|l| l.ends_with(&name))
+            .unwrap_or_else(|| panic!("{name} not staged: {log}"));
+        assert!(
+            line.contains(" 4242 4242 "),
+            "owned by the state's owner: {line}"
+        );
+    }
+
+    // A tampered release: refused, the helper is never asked.
+    let (_tb, _cdn, s, helper) = update_setup("9.9.9", true).await;
+    let out = s
+        .run_async(&[
+            "update",
+            "--target-version",
+            "9.9.9",
+            &format!("--helper={}", helper.display()),
+        ])
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("tampered"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!s.path().join("helper.log").exists());
+    assert!(!s.state().updates().join("9.9.9").exists());
 }

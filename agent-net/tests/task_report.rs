@@ -407,3 +407,39 @@ async fn dropped_output_is_reported_and_silent_tasks_send_no_output() {
     );
     assert!(s.tb.task_logs_all(&s.task_id).is_empty());
 }
+
+/// A newly claimed task's directory: the record complete and private, no
+/// temporary file left, and `sync_new_task` makes it durable as it is.
+#[test]
+fn a_new_task_directory_is_written_then_synced() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root
+        .path()
+        .join("tasks")
+        .join("0f0e4b57-3b6e-4d7e-8a39-0a2d3a4f5e61");
+    let record = TaskRecord {
+        task_id: "0f0e4b57-3b6e-4d7e-8a39-0a2d3a4f5e61".into(),
+        task_type: "shell.exec".into(),
+        exit: None,
+        completed_sent: false,
+        ended: None,
+    };
+    record.create(&dir).unwrap();
+    TaskJournal::open(&dir).unwrap();
+    noderax_agent::task_report::sync_new_task(&dir).unwrap();
+    assert_eq!(TaskRecord::load(&dir).unwrap(), Some(record));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["delivered", "output.journal", "task.json"]);
+    let mode = std::fs::metadata(dir.join("task.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "task.json is private");
+    // A directory that was never set up is an error, not a silent success.
+    assert!(noderax_agent::task_report::sync_new_task(&root.path().join("tasks/none")).is_err());
+}

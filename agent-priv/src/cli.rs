@@ -11,6 +11,7 @@
 //! noderax-agent-priv service restart-agent
 //! noderax-agent-priv system reboot
 //! noderax-agent-priv update apply --version V
+//! noderax-agent-priv update switch --version V
 //! noderax-agent-priv update rollback
 //! noderax-agent-priv version
 //! noderax-agent-priv check
@@ -70,6 +71,11 @@ pub enum Command {
         version: String,
         target_id: Option<String>,
     },
+    /// Make the installed release `version` current (what `apply` starts in
+    /// the update unit; also usable by hand).
+    UpdateSwitch {
+        version: String,
+    },
     UpdateRollback,
     Version,
     Check,
@@ -97,7 +103,7 @@ impl fmt::Display for Refusal {
 
 const USAGE: &str = "known: apt install|remove|purge -- NAME..., apt update, \
                      service restart-agent, system reboot, update apply --version V, \
-                     update rollback, version, check";
+                     update switch --version V, update rollback, version, check";
 
 /// Parses the arguments after argv\[0\]. `program` is argv\[0\]; only its file
 /// name matters, and only to select the self-update alias.
@@ -152,6 +158,12 @@ pub fn parse(program: &OsStr, args: &[&OsStr]) -> Result<Command, Refusal> {
             Ok(Command::UpdateApply {
                 version: (*v).to_owned(),
                 target_id: None,
+            })
+        }
+        ["update", "switch", "--version", v] => {
+            validate::release_version(v).map_err(|e| Refusal(e.to_string()))?;
+            Ok(Command::UpdateSwitch {
+                version: (*v).to_owned(),
             })
         }
         ["update", "rollback"] => Ok(Command::UpdateRollback),
@@ -280,6 +292,12 @@ mod tests {
         assert_eq!(p(&["system", "reboot"]), Ok(Command::Reboot));
         assert_eq!(p(&["update", "rollback"]), Ok(Command::UpdateRollback));
         assert_eq!(
+            p(&["update", "switch", "--version", "1.0.3"]),
+            Ok(Command::UpdateSwitch {
+                version: "1.0.3".into()
+            })
+        );
+        assert_eq!(
             p(&["update", "apply", "--version", "1.0.3"]),
             Ok(Command::UpdateApply {
                 version: "1.0.3".into(),
@@ -389,6 +407,8 @@ mod tests {
         refused(&["update", "apply", "--version", "1.0.3", "--force"]);
         refused(&["update", "apply", "--version=1.0.3"]);
         refused(&["update", "rollback", "1.0.2"]);
+        refused(&["update", "switch", "--version", "../1.0.3"]);
+        refused(&["update", "switch", "1.0.3"]);
     }
 
     #[test]

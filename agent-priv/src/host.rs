@@ -38,13 +38,16 @@ pub mod paths {
     pub const CONFIG: &str = "/etc/noderax-agent/config.json";
     /// Minisign public key of the release signer. When present, every
     /// update's manifest must carry a valid signature by it.
-    pub const RELEASE_KEY: &str = "/etc/noderax-agent/release.pub";
+    pub const RELEASE_KEY: &str = shared::release_files::RELEASE_KEY_PATH;
     /// Where agent-net stages a downloaded release: `<dir>/<version>/`.
     pub const STAGING: &str = "/var/lib/noderax-agent/updates";
     /// Side-by-side releases: `releases/<version>/`, `current`, `previous`.
-    pub const INSTALL: &str = "/opt/noderax-agent";
+    pub const INSTALL: &str = shared::release_files::INSTALL_DIR;
     /// The helper itself, as sudoers names it.
-    pub const SELF: &str = "/usr/local/libexec/noderax-agent-priv";
+    pub const SELF: &str = shared::release_files::HELPER_PATH;
+    /// The files dpkg installed for the `noderax-agent` package (a .deb
+    /// install); its release directory is never pruned.
+    pub const DPKG_FILE_LIST: &str = "/var/lib/dpkg/info/noderax-agent.list";
     /// Audit trail (JSON lines, root-only).
     pub const AUDIT_DIR: &str = "/var/log/noderax-agent";
     pub const AUDIT_FILE: &str = "/var/log/noderax-agent/priv-audit.jsonl";
@@ -79,6 +82,9 @@ pub struct Readiness {
     /// Consecutive successful checks needed: a unit that crash-loops under
     /// `Restart=always` is briefly active between failures.
     pub settle: u32,
+    /// Pause before a switch restarts the units, so the executor can report
+    /// the update task's hand-off first.
+    pub handoff_grace: Duration,
 }
 
 /// Test-only points where an update is made to fail on purpose.
@@ -108,6 +114,7 @@ impl Host {
                 timeout: Duration::from_secs(60),
                 poll: Duration::from_secs(1),
                 settle: 5,
+                handoff_grace: Duration::from_secs(2),
             },
             #[cfg(test)]
             fail_at: None,
@@ -123,6 +130,7 @@ impl Host {
                 timeout: Duration::from_millis(400),
                 poll: Duration::from_millis(10),
                 settle: 3,
+                handoff_grace: Duration::ZERO,
             },
             fail_at: None,
         }
@@ -218,6 +226,26 @@ pub fn detached_argv(unit: &str, description: &str, argv: &[&OsStr]) -> Vec<std:
         "--quiet".into(),
         "--wait".into(),
         "--pipe".into(),
+        "--collect".into(),
+        format!("--unit={unit}").into(),
+        format!("--description={description}").into(),
+        "--property=Type=exec".into(),
+    ];
+    for (k, val) in CHILD_ENV {
+        v.push(format!("--setenv={k}={val}").into());
+    }
+    v.push("--".into());
+    v.extend(argv.iter().map(|a| a.to_os_string()));
+    v
+}
+
+/// Arguments that start `argv` in a transient unit of its own and return
+/// as soon as it runs (`systemd-run` without `--wait`): for work that must
+/// go on after the caller, and the caller's unit, are gone. Its output goes
+/// to the journal under the unit's name.
+pub fn background_argv(unit: &str, description: &str, argv: &[&OsStr]) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = vec![
+        "--quiet".into(),
         "--collect".into(),
         format!("--unit={unit}").into(),
         format!("--description={description}").into(),

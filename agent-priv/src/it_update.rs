@@ -25,6 +25,27 @@ fn assert_unchanged(f: &Fake, current: &str, new: &str) {
     assert!(f.log("systemctl").is_empty(), "{:?}", f.log("systemctl"));
 }
 
+/// `update apply` as the executor runs it; when it succeeds, checks that it
+/// started `update switch` in the update unit and runs that switch here (the
+/// fake systemd-run only records it). Returns the exit code of the last step.
+fn apply_and_switch(f: &Fake, version: &str) -> u8 {
+    let before = f.log("self").len();
+    let code = f.run(&["update", "apply", "--version", version]);
+    if code != 0 {
+        return code;
+    }
+    let started = f.log("self");
+    if started.len() == before {
+        // Already current: nothing was started.
+        return code;
+    }
+    assert_eq!(
+        started[before..],
+        [format!("update switch --version {version}")]
+    );
+    f.run(&["update", "switch", "--version", version])
+}
+
 fn last_message(f: &Fake) -> String {
     f.audit().pop().unwrap()["message"]
         .as_str()
@@ -33,20 +54,45 @@ fn last_message(f: &Fake) -> String {
 }
 
 #[test]
-fn apply_installs_side_by_side_switches_and_restarts() {
+fn apply_installs_side_by_side_then_the_update_unit_switches_and_restarts() {
     let f = Fake::new();
-    f.with_systemd(true);
+    f.with_systemd(false);
     f.install_current("1.0.0");
     let bin = Fake::agent_binary("1.0.1", true);
     f.stage("1.0.1", &bin, None);
     assert_eq!(f.run(&["update", "apply", "--version", "1.0.1"]), 0);
+    // Installed, verified, not yet switched: that is the unit's job.
+    assert_eq!(f.link("current").as_deref(), Some("1.0.0"));
+    for program in shared::release_files::PROGRAMS {
+        let installed = f.p(&format!("opt/noderax-agent/releases/1.0.1/{program}"));
+        let md = fs::metadata(&installed).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o755, "{program}");
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&md), 0);
+    }
+    assert_eq!(
+        fs::read(f.p("opt/noderax-agent/releases/1.0.1/noderax-agent")).unwrap(),
+        bin
+    );
+    let run = f.log("systemd-run");
+    assert_eq!(run.len(), 1);
+    assert!(
+        run[0].starts_with("--quiet --collect --unit=noderax-agent-update "),
+        "not waited for: {}",
+        run[0]
+    );
+    assert!(
+        run[0].ends_with(
+            "-- $ROOT/usr/local/libexec/noderax-agent-priv update switch --version 1.0.1"
+        )
+    );
+    assert_eq!(f.log("self"), ["update switch --version 1.0.1"]);
+    assert!(f.log("systemctl").is_empty());
+
+    // The switch, as it runs in the unit.
+    f.with_systemd(true);
+    assert_eq!(f.run(&["update", "switch", "--version", "1.0.1"]), 0);
     assert_eq!(f.link("current").as_deref(), Some("1.0.1"));
     assert_eq!(f.link("previous").as_deref(), Some("1.0.0"));
-    let installed = f.p("opt/noderax-agent/releases/1.0.1/noderax-agent");
-    assert_eq!(fs::read(&installed).unwrap(), bin);
-    let md = fs::metadata(&installed).unwrap();
-    assert_eq!(md.permissions().mode() & 0o7777, 0o755);
-    assert_eq!(std::os::unix::fs::MetadataExt::uid(&md), 0);
     // The old release is kept for rollback.
     assert!(
         f.p("opt/noderax-agent/releases/1.0.0/noderax-agent")
@@ -57,16 +103,105 @@ fn apply_installs_side_by_side_switches_and_restarts() {
         ctl[0],
         "restart noderax-agent-exec.service noderax-agent.service"
     );
-    assert!(
-        ctl[1..]
-            .iter()
-            .all(|l| l == "is-active --quiet noderax-agent.service")
+    // Both units, one per call, for three consecutive rounds.
+    assert_eq!(
+        ctl[1..],
+        [
+            "is-active --quiet noderax-agent-exec.service",
+            "is-active --quiet noderax-agent.service"
+        ]
+        .repeat(3)
     );
-    assert_eq!(ctl.len(), 1 + 3, "settle checks: {ctl:?}");
-    // Applying the current version again changes nothing.
+    let result = f.update_result().unwrap();
+    assert_eq!(result["version"], "1.0.1");
+    assert_eq!(result["outcome"], "current");
+    // Applying or switching to the current version again changes nothing.
     assert_eq!(f.run(&["update", "apply", "--version", "1.0.1"]), 0);
     assert!(last_message(&f).contains("already the current version"));
-    assert_eq!(f.log("systemctl").len(), 4);
+    assert_eq!(f.run(&["update", "switch", "--version", "1.0.1"]), 0);
+    assert!(last_message(&f).contains("already the current version"));
+    assert_eq!(f.log("systemctl").len(), 7);
+    assert_eq!(f.log("self").len(), 1);
+}
+
+#[test]
+fn a_release_without_the_executor_or_helper_is_refused() {
+    let f = Fake::new();
+    f.with_systemd(true);
+    f.install_current("1.0.0");
+    f.stage("1.0.1", &Fake::agent_binary("1.0.1", true), None);
+    let arch = crate::update::host_arch().unwrap();
+    fs::remove_file(
+        f.staged("1.0.1")
+            .join(format!("noderax-agent-exec-linux-{arch}")),
+    )
+    .unwrap();
+    assert_eq!(
+        f.run(&["update", "apply", "--version", "1.0.1"]),
+        EXIT_REFUSED
+    );
+    assert!(
+        last_message(&f).contains("noderax-agent-exec-linux"),
+        "{}",
+        last_message(&f)
+    );
+    assert_unchanged(&f, "1.0.0", "1.0.1");
+    // Nor can an incomplete release be switched to by hand.
+    fs::create_dir_all(f.p("opt/noderax-agent/releases/1.0.2")).unwrap();
+    fs::write(f.p("opt/noderax-agent/releases/1.0.2/noderax-agent"), "x").unwrap();
+    assert_eq!(
+        f.run(&["update", "switch", "--version", "1.0.2"]),
+        EXIT_REFUSED
+    );
+    assert!(last_message(&f).contains("incomplete"));
+    assert_eq!(f.link("current").as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn a_release_whose_helper_does_not_run_is_not_switched_to() {
+    let f = Fake::new();
+    f.with_systemd(true);
+    f.install_current("1.0.0");
+    f.stage("1.0.1", &Fake::agent_binary("1.0.1", true), None);
+    assert_eq!(f.run(&["update", "apply", "--version", "1.0.1"]), 0);
+    // Digests matched, but the program does not run on this host (say, a
+    // build for another libc).
+    let helper = f.p("opt/noderax-agent/releases/1.0.1/noderax-agent-priv");
+    fs::write(&helper, "#!/bin/sh\nexit 127\n").unwrap();
+    assert_eq!(
+        f.run(&["update", "switch", "--version", "1.0.1"]),
+        EXIT_REFUSED
+    );
+    assert!(
+        last_message(&f).contains("does not run"),
+        "{}",
+        last_message(&f)
+    );
+    assert_eq!(f.link("current").as_deref(), Some("1.0.0"));
+    assert!(f.log("systemctl").is_empty());
+}
+
+#[test]
+fn a_tampered_executor_is_refused_like_the_agent() {
+    let f = Fake::new();
+    f.with_systemd(true);
+    f.install_current("1.0.0");
+    f.stage("1.0.1", &Fake::agent_binary("1.0.1", true), None);
+    let arch = crate::update::host_arch().unwrap();
+    fs::write(
+        f.staged("1.0.1")
+            .join(format!("noderax-agent-priv-linux-{arch}")),
+        b"#!/bin/sh\nexec /bin/sh\n",
+    )
+    .unwrap();
+    assert_eq!(
+        f.run(&["update", "apply", "--version", "1.0.1"]),
+        EXIT_REFUSED
+    );
+    let msg = last_message(&f);
+    assert!(msg.contains("for noderax-agent-priv"), "{msg}");
+    assert!(msg.contains("tampered"), "{msg}");
+    assert_unchanged(&f, "1.0.0", "1.0.1");
 }
 
 #[test]
@@ -177,12 +312,7 @@ fn with_a_release_key_only_correctly_signed_manifests_install() {
 
     // Correctly signed.
     f.stage("1.0.1", &Fake::agent_binary("1.0.1", true), Some(&key));
-    assert_eq!(
-        f.run(&["update", "apply", "--version", "1.0.1"]),
-        0,
-        "{}",
-        last_message(&f)
-    );
+    assert_eq!(apply_and_switch(&f, "1.0.1"), 0, "{}", last_message(&f));
     assert_eq!(f.link("current").as_deref(), Some("1.0.1"));
     assert!(
         f.p("opt/noderax-agent/releases/1.0.1/release-manifest.json.minisig")
@@ -252,7 +382,7 @@ fn failure_after_staging_leaves_the_previous_version_current() {
     assert!(f.log("systemctl").is_empty());
     // The complete release is there; a retry switches to it.
     f.host.fail_at = None;
-    assert_eq!(f.run(&["update", "apply", "--version", "1.0.1"]), 0);
+    assert_eq!(apply_and_switch(&f, "1.0.1"), 0);
     assert_eq!(f.link("current").as_deref(), Some("1.0.1"));
 }
 
@@ -262,15 +392,21 @@ fn readiness_failure_rolls_back_automatically() {
     f.with_systemd(true);
     f.install_current("1.0.0");
     f.stage("1.0.1", &Fake::agent_binary("1.0.1", false), None);
-    assert_eq!(
-        f.run(&["update", "apply", "--version", "1.0.1"]),
-        EXIT_FAILED
-    );
+    assert_eq!(apply_and_switch(&f, "1.0.1"), EXIT_FAILED);
     let msg = last_message(&f);
     assert!(msg.contains("1.0.1 did not become ready"), "{msg}");
     assert!(
         msg.contains("rolled back to 1.0.0: 1.0.0 is running again"),
         "{msg}"
+    );
+    // What the restarted (old) network process reports to the control plane.
+    let result = f.update_result().unwrap();
+    assert_eq!(result["version"], "1.0.1");
+    assert_eq!(result["outcome"], "rolled_back");
+    let why = result["message"].as_str().unwrap();
+    assert!(
+        why.contains("1.0.1 did not become ready") && why.contains("rolled back to 1.0.0"),
+        "{why}"
     );
     assert_eq!(f.link("current").as_deref(), Some("1.0.0"));
     assert_eq!(f.link("previous"), None);
@@ -294,7 +430,7 @@ fn rollback_restores_the_previous_version() {
     f.install_current("1.0.0");
     assert_eq!(f.run(&["update", "rollback"]), EXIT_REFUSED, "no previous");
     f.stage("1.0.1", &Fake::agent_binary("1.0.1", true), None);
-    assert_eq!(f.run(&["update", "apply", "--version", "1.0.1"]), 0);
+    assert_eq!(apply_and_switch(&f, "1.0.1"), 0);
     assert_eq!(f.run(&["update", "rollback"]), 0);
     assert_eq!(f.link("current").as_deref(), Some("1.0.0"));
     assert_eq!(f.link("previous").as_deref(), Some("1.0.1"));
@@ -303,9 +439,30 @@ fn rollback_restores_the_previous_version() {
     assert_eq!(f.link("current").as_deref(), Some("1.0.1"));
     // A third release prunes the oldest one.
     f.stage("1.0.2", &Fake::agent_binary("1.0.2", true), None);
-    assert_eq!(f.run(&["update", "apply", "--version", "1.0.2"]), 0);
+    assert_eq!(apply_and_switch(&f, "1.0.2"), 0);
     assert!(!f.p("opt/noderax-agent/releases/1.0.0").exists());
     assert!(f.p("opt/noderax-agent/releases/1.0.1").exists());
+}
+
+#[test]
+fn the_release_the_debian_package_installed_is_never_pruned() {
+    let f = Fake::new();
+    f.with_systemd(true);
+    f.install_current("1.0.0");
+    fs::create_dir_all(f.p("var/lib/dpkg/info")).unwrap();
+    fs::write(
+        f.p("var/lib/dpkg/info/noderax-agent.list"),
+        "/.\n/opt\n/opt/noderax-agent\n/opt/noderax-agent/releases\n\
+         /opt/noderax-agent/releases/1.0.0\n/opt/noderax-agent/releases/1.0.0/noderax-agent\n",
+    )
+    .unwrap();
+    for v in ["1.0.1", "1.0.2", "1.0.3"] {
+        f.stage(v, &Fake::agent_binary(v, true), None);
+        assert_eq!(apply_and_switch(&f, v), 0, "{v}");
+    }
+    assert!(f.p("opt/noderax-agent/releases/1.0.0").is_dir(), "dpkg's");
+    assert!(!f.p("opt/noderax-agent/releases/1.0.1").exists(), "pruned");
+    assert_eq!(f.link("previous").as_deref(), Some("1.0.2"));
 }
 
 #[test]
@@ -325,27 +482,38 @@ fn self_update_alias_applies_the_same_way() {
         ],
     );
     assert_eq!(code, 0);
+    assert_eq!(f.log("self"), ["update switch --version 1.0.1"]);
+    assert_eq!(f.run(&["update", "switch", "--version", "1.0.1"]), 0);
     assert_eq!(f.link("current").as_deref(), Some("1.0.1"));
 }
 
 #[test]
-fn outside_its_own_unit_the_update_reruns_itself_in_one() {
+fn outside_its_own_unit_switch_and_rollback_rerun_themselves_in_one() {
     let f = Fake::new();
     f.with_systemd(false);
     f.install_current("1.0.0");
-    f.stage("1.0.1", &Fake::agent_binary("1.0.1", true), None);
-    assert_eq!(f.run(&["update", "apply", "--version", "1.0.1"]), 0);
-    let run = f.log("systemd-run");
-    assert_eq!(run.len(), 1);
-    assert!(run[0].starts_with("--quiet --wait --pipe --collect --unit=noderax-agent-update "));
-    assert!(
-        run[0].ends_with(
-            "-- $ROOT/usr/local/libexec/noderax-agent-priv update apply --version 1.0.1"
-        )
-    );
-    assert_eq!(f.log("self"), ["update apply --version 1.0.1"]);
-    // This process itself installed nothing.
+    for (args, shown) in [
+        (
+            &["update", "switch", "--version", "1.0.1"][..],
+            "update switch --version 1.0.1",
+        ),
+        (&["update", "rollback"][..], "update rollback"),
+    ] {
+        assert_eq!(f.run(args), 0);
+        let run = f.log("systemd-run");
+        let last = run.last().unwrap();
+        assert!(
+            last.starts_with("--quiet --wait --pipe --collect --unit=noderax-agent-update "),
+            "{last}"
+        );
+        assert!(last.ends_with(&format!(
+            "-- $ROOT/usr/local/libexec/noderax-agent-priv {shown}"
+        )));
+        assert_eq!(f.log("self").last().unwrap(), shown);
+    }
+    // This process itself switched nothing.
     assert_eq!(f.link("current").as_deref(), Some("1.0.0"));
+    assert!(f.log("systemctl").is_empty());
 }
 
 #[test]
@@ -356,7 +524,9 @@ fn without_systemd_apply_switches_without_restart() {
     assert_eq!(f.run(&["update", "apply", "--version", "1.0.1"]), 0);
     assert_eq!(f.link("current").as_deref(), Some("1.0.1"));
     assert!(f.log("systemctl").is_empty());
+    assert!(f.log("systemd-run").is_empty());
     assert!(last_message(&f).contains("restart noderax-agent yourself"));
+    assert_eq!(f.update_result().unwrap()["outcome"], "current");
 }
 
 #[test]

@@ -163,6 +163,7 @@ fn dispatch(host: &Host, cmd: &Command) -> Result<String, Failure> {
         Command::RestartAgent => restart_agent(host),
         Command::Reboot => reboot(host),
         Command::UpdateApply { version, .. } => update::apply(host, version),
+        Command::UpdateSwitch { version } => update::switch(host, version),
         Command::UpdateRollback => update::rollback(host),
         Command::Check => check(host),
         Command::Version => Ok(String::new()),
@@ -215,8 +216,8 @@ fn check(host: &Host) -> Result<String, Failure> {
     let mut out = vec![
         format!("noderax-agent-priv {}", shared::build_info::summary()),
         "commands: apt install|remove|purge -- NAME... (at most 64), apt update, \
-         service restart-agent, system reboot, update apply --version V, update rollback, \
-         version, check"
+         service restart-agent, system reboot, update apply|switch --version V, \
+         update rollback, version, check"
             .to_owned(),
         format!(
             "callers: root, or through sudo the user {:?} or members of {}",

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
+use shared::release_files::{self, PROGRAMS};
 
 use crate::host::Host;
 use crate::policy::Caller;
@@ -234,13 +235,25 @@ impl Fake {
         .into_bytes()
     }
 
+    /// A fake executor or helper binary of a release (never run).
+    pub fn component_binary(program: &str, version: &str) -> Vec<u8> {
+        format!("#!/bin/sh\n# {program} {version}\nexit 0\n").into_bytes()
+    }
+
     /// Installs `version` as if by the installer and makes it current.
     pub fn install_current(&self, version: &str) {
         let dir = self.p(&format!("opt/noderax-agent/releases/{version}"));
         fs::create_dir_all(&dir).unwrap();
-        let bin = dir.join("noderax-agent");
-        fs::write(&bin, Self::agent_binary(version, true)).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        for program in PROGRAMS {
+            let bin = dir.join(program);
+            let body = if program == release_files::AGENT {
+                Self::agent_binary(version, true)
+            } else {
+                Self::component_binary(program, version)
+            };
+            fs::write(&bin, body).unwrap();
+            fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let link = self.p("opt/noderax-agent/current");
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(format!("releases/{version}"), link).unwrap();
@@ -261,19 +274,32 @@ impl Fake {
         self.p(&format!("var/lib/noderax-agent/updates/{version}"))
     }
 
-    /// Stages a release as agent-net would: manifest naming the binary's
-    /// SHA-256, the binary, and a signature when `key` is given.
+    /// Stages a release as agent-net would: manifest naming every program's
+    /// SHA-256, the three programs (`binary` as noderax-agent), and a
+    /// signature when `key` is given. Returns the manifest.
     pub fn stage(&self, version: &str, binary: &[u8], key: Option<&SigningKey>) -> String {
         let dir = self.staged(version);
         fs::create_dir_all(&dir).unwrap();
         let arch = crate::update::host_arch().unwrap();
-        let sha = crate::update::hex(&Sha256::digest(binary));
+        let mut files = Vec::new();
+        for program in PROGRAMS {
+            let body = if program == release_files::AGENT {
+                binary.to_vec()
+            } else {
+                Self::component_binary(program, version)
+            };
+            let sha = crate::update::hex(&Sha256::digest(&body));
+            fs::write(dir.join(release_files::artifact_name(program, arch)), body).unwrap();
+            files.push(sha);
+        }
         let manifest = format!(
-            r#"{{"version":"{version}","publishedAt":"2026-04-02T17:30:00Z","commit":"{c}","channel":"tag","notes":[{{"title":"Added","items":["x"]}}],"artifacts":{{"{arch}":{{"binaryUrl":"https://example.invalid/{version}","sha256":"{sha}"}}}}}}"#,
-            c = "a".repeat(40)
+            r#"{{"version":"{version}","publishedAt":"2026-04-02T17:30:00Z","commit":"{c}","channel":"tag","notes":[{{"title":"Added","items":["x"]}}],"artifacts":{{"{arch}":{{"binaryUrl":"https://example.invalid/{version}","sha256":"{a}","components":{{"noderax-agent-exec":{{"url":"https://example.invalid/e","sha256":"{e}"}},"noderax-agent-priv":{{"url":"https://example.invalid/p","sha256":"{p}"}}}}}}}}}}"#,
+            c = "a".repeat(40),
+            a = files[0],
+            e = files[1],
+            p = files[2],
         );
         fs::write(dir.join("release-manifest.json"), &manifest).unwrap();
-        fs::write(dir.join(format!("noderax-agent-linux-{arch}")), binary).unwrap();
         if let Some(k) = key {
             fs::write(
                 dir.join("release-manifest.json.minisig"),
@@ -286,6 +312,13 @@ impl Fake {
             std::os::unix::fs::chown(entry.unwrap().path(), Some(997), Some(997)).unwrap();
         }
         manifest
+    }
+
+    /// The switch's recorded outcome (`update-result.json`), if any.
+    pub fn update_result(&self) -> Option<serde_json::Value> {
+        fs::read_to_string(self.p("opt/noderax-agent/update-result.json"))
+            .ok()
+            .map(|t| serde_json::from_str(&t).unwrap())
     }
 
     pub fn install_key(&self, key: &SigningKey) {

@@ -2,31 +2,40 @@
 //! (ARCHITECTURE.md §6, PROTOCOL.md §10).
 //!
 //! Contract with the network process, which downloads and stages a release
-//! as user `noderax-net`:
+//! as user `noderax-net` (file names: `shared::release_files`):
 //!
 //! ```text
 //! /var/lib/noderax-agent/updates/VERSION/release-manifest.json
 //! /var/lib/noderax-agent/updates/VERSION/release-manifest.json.minisig   (when published)
 //! /var/lib/noderax-agent/updates/VERSION/noderax-agent-linux-ARCH
+//! /var/lib/noderax-agent/updates/VERSION/noderax-agent-exec-linux-ARCH
+//! /var/lib/noderax-agent/updates/VERSION/noderax-agent-priv-linux-ARCH
 //! ```
 //!
-//! Nothing staged is trusted. The helper copies the files into a directory
-//! only root can write (`/opt/noderax-agent/releases/.incoming-VERSION-PID`),
-//! hashing the artifact as it copies; verifies the copied manifest's minisign
+//! Nothing staged is trusted. `update apply` copies the files into a
+//! directory only root can write (`/opt/noderax-agent/releases/.incoming-VERSION-PID`),
+//! hashing each program as it copies; verifies the copied manifest's minisign
 //! signature when `/etc/noderax-agent/release.pub` exists (a missing or bad
 //! signature is then refused); checks that the manifest is for VERSION on
-//! channel `tag` and that the artifact's SHA-256 matches it; and renames the
-//! finished directory to `releases/VERSION`. Only then is the `current`
-//! symlink replaced, by renaming a new link over it, so at every moment
-//! `current` names a complete release. `previous` names the release that was
-//! current before, for `update rollback`.
+//! channel `tag` and that every program's SHA-256 matches it; and renames the
+//! finished directory to `releases/VERSION`. A refusal here changes nothing
+//! and is the task's failure, reported while the caller still waits.
 //!
-//! With systemd as PID 1 the apply step runs in a transient unit of its own
-//! (`noderax-agent-update`), started by the helper, so that restarting the
-//! executor's unit (whose task started the update) does not kill it. It then
-//! restarts the agent's units and waits until `noderax-agent.service` has
-//! been active for several consecutive checks; if it does not get there in
-//! time, `current` is switched back and the units restarted again.
+//! The switch comes after, in `update switch`: the `current` symlink is
+//! replaced by renaming a new link over it, so at every moment `current`
+//! names a complete release (the executor, the network process and, through
+//! `/usr/local/libexec/noderax-agent-priv -> current/noderax-agent-priv`,
+//! this helper). `previous` names the release that was current before, for
+//! `update rollback`. With systemd as PID 1, `apply` starts the switch in a
+//! transient unit of its own (`noderax-agent-update`) and returns at once:
+//! the switch restarts the executor's unit, which would otherwise kill the
+//! task that asked for the update before it could report its hand-off
+//! (PROTOCOL.md §13 item 46). The switch restarts the agent's units, waits
+//! until both have been active for several consecutive checks, and if they
+//! do not get there in time switches `current` back and restarts them again.
+//! Its outcome goes to `/opt/noderax-agent/update-result.json`, where the
+//! restarted network process (which has no other way to learn why it is
+//! still the old version) reads it and reports it to the control plane.
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -38,22 +47,24 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
+use shared::release_files::{self, PROGRAMS};
 use shared::validate;
 
 use crate::Failure;
 use crate::host::{self, Host, paths, tools};
 
-/// The transient unit the apply step runs in.
+/// The transient unit the switch runs in.
 pub const UPDATE_UNIT: &str = "noderax-agent-update";
 /// Restarted after a switch, the executor first so the network process
-/// finds it ready.
+/// finds it ready; both must then stay active for the release to count as
+/// working.
 pub const UNITS: [&str; 2] = ["noderax-agent-exec.service", "noderax-agent.service"];
-/// The unit whose readiness decides whether a release works.
+/// The network process's unit (what `service restart-agent` restarts).
 pub const READY_UNIT: &str = "noderax-agent.service";
 /// File names inside a staged or installed release.
-pub const MANIFEST: &str = "release-manifest.json";
-pub const SIGNATURE: &str = "release-manifest.json.minisig";
-pub const BINARY: &str = "noderax-agent";
+pub const MANIFEST: &str = release_files::MANIFEST;
+pub const SIGNATURE: &str = release_files::SIGNATURE;
+pub const BINARY: &str = release_files::AGENT;
 
 const MAX_MANIFEST: u64 = 1 << 20;
 const MAX_SIGNATURE: u64 = 4096;
@@ -63,23 +74,21 @@ const MAX_ARTIFACT: u64 = 512 << 20;
 
 /// The release architecture name of this machine (PROTOCOL.md §10.4).
 pub fn host_arch() -> Result<&'static str, Failure> {
-    match std::env::consts::ARCH {
-        "x86_64" => Ok("amd64"),
-        "aarch64" => Ok("arm64"),
-        other => Err(Failure::refused(format!(
-            "no agent releases exist for the {other} architecture (only amd64 and arm64)"
-        ))),
-    }
+    release_files::host_arch().ok_or_else(|| {
+        Failure::refused(format!(
+            "no agent releases exist for the {} architecture (only amd64 and arm64)",
+            std::env::consts::ARCH
+        ))
+    })
 }
 
-/// `update apply --version V`: see the module documentation. Returns what was done.
+/// `update apply --version V`: verifies the staged release and installs it
+/// beside the running one, then switches to it (see the module
+/// documentation). Returns what was done.
 pub fn apply(host: &Host, version: &str) -> Result<String, Failure> {
     validate::release_version(version).map_err(|e| Failure::refused(e.to_string()))?;
-    if host.systemd_running() && !host.in_unit(UPDATE_UNIT) {
-        return rerun_in_own_unit(host, &["update", "apply", "--version", version]);
-    }
     let install = Install::open(host)?;
-    let _lock = install.lock()?;
+    let lock = install.lock(false)?;
     let arch = host_arch()?;
     let current = install.link_version("current")?;
     if current.as_deref() == Some(version) {
@@ -105,9 +114,34 @@ pub fn apply(host: &Host, version: &str) -> Result<String, Failure> {
         return Err(Failure::failed("injected failure before the switch".into()));
     }
 
-    let previous = install.link_version("previous")?;
-    let msg = install.activate(host, version, current.as_deref(), previous.as_deref())?;
-    install.prune();
+    if host.systemd_running() {
+        // The switch waits for this lock, so it starts only once this
+        // process is done.
+        start_switch_unit(host, version)?;
+        drop(lock);
+        step("restarting", &format!("handed to the {UPDATE_UNIT} unit"));
+        return Ok(format!(
+            "{version} is verified and installed; the {UPDATE_UNIT} unit switches to it and \
+             restarts the agent (follow it with `journalctl -u {UPDATE_UNIT}`)"
+        ));
+    }
+    let msg = install.switch(host, version)?;
+    install.prune(host);
+    Ok(msg)
+}
+
+/// `update switch --version V`: makes an installed release current,
+/// restarts the units and rolls back if it does not become ready.
+pub fn switch(host: &Host, version: &str) -> Result<String, Failure> {
+    validate::release_version(version).map_err(|e| Failure::refused(e.to_string()))?;
+    if host.systemd_running() && !host.in_unit(UPDATE_UNIT) {
+        return rerun_in_own_unit(host, &["update", "switch", "--version", version]);
+    }
+    let install = Install::open(host)?;
+    // Blocking: `apply` holds the lock until it has exited.
+    let _lock = install.lock(true)?;
+    let msg = install.switch(host, version)?;
+    install.prune(host);
     Ok(msg)
 }
 
@@ -118,19 +152,14 @@ pub fn rollback(host: &Host) -> Result<String, Failure> {
         return rerun_in_own_unit(host, &["update", "rollback"]);
     }
     let install = Install::open(host)?;
-    let _lock = install.lock()?;
+    let _lock = install.lock(false)?;
     let Some(previous) = install.link_version("previous")? else {
         return Err(Failure::refused(format!(
             "no previous version is kept in {}; nothing to roll back to",
             install.dir.display()
         )));
     };
-    if !install.releases.join(&previous).join(BINARY).is_file() {
-        return Err(Failure::refused(format!(
-            "the previous version {previous} is incomplete ({} is missing)",
-            install.releases.join(&previous).join(BINARY).display()
-        )));
-    }
+    install.check_complete(&previous)?;
     let current = install.link_version("current")?;
     // The version rolled away from becomes `previous`, so the rollback can
     // itself be undone; if it fails, both links go back as they were.
@@ -155,6 +184,33 @@ fn rerun_in_own_unit(host: &Host, args: &[&str]) -> Result<String, Failure> {
         "{} finished in the {UPDATE_UNIT} unit",
         args.join(" ")
     ))
+}
+
+/// Starts `update switch --version V` in the update unit without waiting
+/// for it: it outlives the restart of the executor's unit it causes.
+fn start_switch_unit(host: &Host, version: &str) -> Result<(), Failure> {
+    let run = host.tool(tools::SYSTEMD_RUN)?;
+    let me = host.path(paths::SELF);
+    let argv: Vec<&OsStr> = vec![
+        me.as_os_str(),
+        OsStr::new("update"),
+        OsStr::new("switch"),
+        OsStr::new("--version"),
+        OsStr::new(version),
+    ];
+    let mut cmd = host::command(&run);
+    cmd.args(host::background_argv(
+        UPDATE_UNIT,
+        &format!("noderax-agent update to {version}"),
+        &argv,
+    ));
+    host::run_streamed(cmd, &format!("starting the {UPDATE_UNIT} unit")).map_err(|f| {
+        Failure::failed(format!(
+            "{version} is installed but the switch to it could not be started ({}); \
+             nothing was switched",
+            f.message
+        ))
+    })
 }
 
 /// `/opt/noderax-agent` and its `releases/` directory.
@@ -201,7 +257,8 @@ impl Install {
     }
 
     /// One update at a time; the lock is released when the file closes.
-    fn lock(&self) -> Result<File, Failure> {
+    /// `wait`: block until the holder is done instead of refusing.
+    fn lock(&self, wait: bool) -> Result<File, Failure> {
         let path = self.dir.join(".update.lock");
         let f = fs::OpenOptions::new()
             .write(true)
@@ -211,8 +268,13 @@ impl Install {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| io_fail("open", &path, e))?;
+        let how = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
         // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if unsafe { libc::flock(f.as_raw_fd(), how) } != 0 {
             return Err(Failure::refused(
                 "another update or rollback is running; wait for it to finish".into(),
             ));
@@ -276,27 +338,86 @@ impl Install {
         if let Some(sig) = &signature {
             write_new(&incoming.path.join(SIGNATURE), sig, 0o644)?;
         }
-        let artifact = format!("noderax-agent-linux-{arch}");
-        let binary = incoming.path.join(BINARY);
-        let digest = copy_staged(&dirfd, &staged, &artifact, &binary)?;
+        let mut digests = Vec::with_capacity(PROGRAMS.len());
+        for program in PROGRAMS {
+            let artifact = release_files::artifact_name(program, arch);
+            let dest = incoming.path.join(program);
+            let digest = copy_staged(&dirfd, &staged, &artifact, &dest)?;
+            digests.push((program, artifact, dest, digest));
+        }
 
         // Checks run on the copies: nothing outside root's reach is read again.
         step("verifying", &format!("{version} for {arch}"));
         verify_signature(host, &manifest, signature.as_deref())?;
-        let want = manifest_digest(&manifest, version, arch)?;
-        if !digest.eq_ignore_ascii_case(&want) {
-            return Err(Failure::refused(format!(
-                "SHA-256 of {} is {digest}, but the manifest says {want}: the download is \
-                 corrupt or tampered with; nothing was changed",
-                staged.join(&artifact).display()
-            )));
+        let wanted = manifest_digests(&manifest, version, arch)?;
+        for ((program, artifact, dest, digest), (_, want)) in digests.iter().zip(&wanted) {
+            if !digest.eq_ignore_ascii_case(want) {
+                return Err(Failure::refused(format!(
+                    "SHA-256 of {} is {digest}, but the manifest says {want} for {program}: the \
+                     download is corrupt or tampered with; nothing was changed",
+                    staged.join(artifact).display()
+                )));
+            }
+            fs::set_permissions(dest, fs::Permissions::from_mode(0o755))
+                .map_err(|e| io_fail("chmod", dest, e))?;
         }
-        fs::set_permissions(&binary, fs::Permissions::from_mode(0o755))
-            .map_err(|e| io_fail("chmod", &binary, e))?;
         fs::set_permissions(&incoming.path, fs::Permissions::from_mode(0o755))
             .map_err(|e| io_fail("chmod", &incoming.path, e))?;
         sync_dir(&incoming.path);
         Ok(incoming)
+    }
+
+    /// Fails unless `releases/VERSION` holds every program and its root
+    /// helper runs: once `current` points there, sudo reaches only that
+    /// helper, and a broken one could not even roll back.
+    fn check_complete(&self, version: &str) -> Result<(), Failure> {
+        let dir = self.releases.join(version);
+        for program in PROGRAMS {
+            let p = dir.join(program);
+            if !p.is_file() {
+                return Err(Failure::refused(format!(
+                    "release {version} is incomplete ({} is missing); install it with \
+                     `update apply --version {version}`",
+                    p.display()
+                )));
+            }
+        }
+        let helper = dir.join(release_files::HELPER);
+        let mut cmd = host::command(&helper);
+        cmd.arg("version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(Failure::refused(format!(
+                "the root helper of release {version} does not run ({} version: {s}); not \
+                 switching to it",
+                helper.display()
+            ))),
+            Err(e) => Err(Failure::refused(format!(
+                "the root helper of release {version} cannot be started ({}: {e}); not \
+                 switching to it",
+                helper.display()
+            ))),
+        }
+    }
+
+    /// Switches to the installed release `version` (the part of `apply`
+    /// that runs in the update unit).
+    fn switch(&self, host: &Host, version: &str) -> Result<String, Failure> {
+        let current = self.link_version("current")?;
+        if current.as_deref() == Some(version) {
+            return Ok(format!(
+                "{version} is already the current version; nothing to do"
+            ));
+        }
+        self.check_complete(version)?;
+        if host.systemd_running() {
+            // Lets the executor report the hand-off before its unit restarts.
+            std::thread::sleep(host.readiness.handoff_grace);
+        }
+        let previous = self.link_version("previous")?;
+        self.activate(host, version, current.as_deref(), previous.as_deref())
     }
 
     /// Points `current` at `version` (and `previous` at `prev_for_new`),
@@ -315,20 +436,28 @@ impl Install {
         self.set_link("current", version)?;
         step("switched", &format!("current -> releases/{version}"));
         if !host.systemd_running() {
-            return Ok(format!(
+            let msg = format!(
                 "switched to {version}; systemd is not running, so restart noderax-agent yourself"
-            ));
+            );
+            write_result(host, version, "current", &msg);
+            return Ok(msg);
         }
         step("restarting", &UNITS.join(" "));
         let why = match restart_and_wait(host) {
-            Ok(()) => return Ok(format!("switched to {version}; {READY_UNIT} is running")),
+            Ok(()) => {
+                let msg = format!("switched to {version}; {} are running", UNITS.join(" and "));
+                write_result(host, version, "current", &msg);
+                return Ok(msg);
+            }
             Err(why) => why,
         };
         let Some(old) = old else {
-            return Err(Failure::failed(format!(
+            let msg = format!(
                 "{version} is installed and current but not ready ({why}); there is no previous \
                  version to roll back to: see `journalctl -u {READY_UNIT}`"
-            )));
+            );
+            write_result(host, version, "failed", &msg);
+            return Err(Failure::failed(msg));
         };
         step(
             "rolling-back",
@@ -341,6 +470,14 @@ impl Install {
                 let _ = fs::remove_file(self.dir.join("previous"));
             }
         }
+        // Written before the restart: the old network process reads it as
+        // soon as it is back.
+        write_result(
+            host,
+            version,
+            "rolled_back",
+            &format!("{version} did not become ready ({why}); rolled back to {old}"),
+        );
         let after = match restart_and_wait(host) {
             Ok(()) => format!("{old} is running again"),
             Err(e) => format!("{old} is not ready either ({e}): see `journalctl -u {READY_UNIT}`"),
@@ -366,13 +503,15 @@ impl Install {
     }
 
     /// Removes releases other than `current` and `previous`, and leftovers
-    /// of interrupted runs. Best effort: a failure here changes nothing
-    /// that matters.
-    fn prune(&self) {
-        let keep: Vec<String> = ["current", "previous"]
+    /// of interrupted runs, but never the release the Debian package
+    /// installed (dpkg owns its files; `dpkg -V` would report them missing).
+    /// Best effort: a failure here changes nothing that matters.
+    fn prune(&self, host: &Host) {
+        let mut keep: Vec<String> = ["current", "previous"]
             .iter()
             .filter_map(|l| self.link_version(l).ok().flatten())
             .collect();
+        keep.extend(packaged_releases(host, &self.releases));
         let Ok(entries) = fs::read_dir(&self.releases) else {
             return;
         };
@@ -385,6 +524,23 @@ impl Install {
     }
 }
 
+/// Names of the release directories dpkg's file list of the `noderax-agent`
+/// package mentions.
+fn packaged_releases(host: &Host, releases: &Path) -> Vec<String> {
+    let list = host.path(paths::DPKG_FILE_LIST);
+    let Ok(Some(text)) = host::read_trusted(&list, 16 << 20) else {
+        return Vec::new();
+    };
+    // Entries are absolute paths as installed; compare with the real tree.
+    let prefix = Path::new("/").join(releases.strip_prefix(host.root()).unwrap_or(releases));
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter_map(|l| Path::new(l).strip_prefix(&prefix).ok())
+        .filter_map(|rest| rest.components().next())
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// Reports progress on stdout as `noderax-agent-priv: step: NAME: DETAIL`,
 /// one line each, so the executor can follow an update (the names match the
 /// progress statuses of PROTOCOL.md §10.3 where one exists).
@@ -392,8 +548,8 @@ fn step(name: &str, detail: &str) {
     crate::say(&format!("noderax-agent-priv: step: {name}: {detail}"));
 }
 
-/// `systemctl restart` the units, then wait for [`READY_UNIT`] to be active
-/// for `settle` consecutive checks.
+/// `systemctl restart` the units, then wait for every one of them to be
+/// active for `settle` consecutive checks.
 fn restart_and_wait(host: &Host) -> Result<(), String> {
     let systemctl = host.tool(tools::SYSTEMCTL).map_err(|e| e.message)?;
     let mut cmd = host::command(&systemctl);
@@ -403,17 +559,22 @@ fn restart_and_wait(host: &Host) -> Result<(), String> {
     let start = Instant::now();
     let mut streak = 0;
     loop {
-        let mut cmd = host::command(&systemctl);
-        cmd.args(["is-active", "--quiet", READY_UNIT]);
-        let active = cmd.status().map(|s| s.success()).unwrap_or(false);
-        streak = if active { streak + 1 } else { 0 };
+        // One unit per call: `systemctl is-active A B` succeeds when any is.
+        let inactive = UNITS.iter().find(|unit| {
+            let mut cmd = host::command(&systemctl);
+            cmd.args(["is-active", "--quiet", unit]);
+            !cmd.status().map(|s| s.success()).unwrap_or(false)
+        });
+        streak = if inactive.is_none() { streak + 1 } else { 0 };
         if streak >= r.settle {
             return Ok(());
         }
         if start.elapsed() >= r.timeout {
             return Err(format!(
-                "{READY_UNIT} not active for {} consecutive checks within {:?}",
-                r.settle, r.timeout
+                "{} not active for {} consecutive checks within {:?}",
+                inactive.unwrap_or(&READY_UNIT),
+                r.settle,
+                r.timeout
             ));
         }
         std::thread::sleep(r.poll);
@@ -471,9 +632,14 @@ fn verify_signature(host: &Host, manifest: &[u8], signature: Option<&[u8]>) -> R
     })
 }
 
-/// The expected artifact digest from a manifest for `version` and `arch`,
-/// enforcing the agent's validity rule (PROTOCOL.md §10.4).
-fn manifest_digest(manifest: &[u8], version: &str, arch: &str) -> Result<String, Failure> {
+/// The expected digest of every program ([`PROGRAMS`] order) from a manifest
+/// for `version` and `arch`, enforcing the agent's validity rule
+/// (PROTOCOL.md §10.4) and this agent's `components` (`shared::release_files`).
+fn manifest_digests(
+    manifest: &[u8],
+    version: &str,
+    arch: &str,
+) -> Result<Vec<(&'static str, String)>, Failure> {
     let bad = |why: String| Failure::refused(format!("release manifest refused: {why}"));
     let v: serde_json::Value =
         serde_json::from_slice(manifest).map_err(|e| bad(format!("not valid JSON ({e})")))?;
@@ -489,11 +655,53 @@ fn manifest_digest(manifest: &[u8], version: &str, arch: &str) -> Result<String,
             v["channel"]
         )));
     }
-    let sha = v["artifacts"][arch]["sha256"].as_str().unwrap_or("");
-    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad(format!("no valid sha256 for the {arch} artifact")));
+    let artifact = &v["artifacts"][arch];
+    PROGRAMS
+        .iter()
+        .map(|&program| {
+            let sha = if program == release_files::AGENT {
+                &artifact["sha256"]
+            } else {
+                &artifact["components"][program]["sha256"]
+            };
+            let sha = sha.as_str().unwrap_or("");
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(format!(
+                    "no valid sha256 for {program} ({arch}); a release must carry all of {}",
+                    PROGRAMS.join(", ")
+                )));
+            }
+            Ok((program, sha.to_ascii_lowercase()))
+        })
+        .collect()
+}
+
+/// Records the outcome of a switch in [`release_files::UPDATE_RESULT`]
+/// (replaced atomically, world-readable: the network process reads it).
+/// Best effort: the outcome is also in the audit log and the journal.
+fn write_result(host: &Host, version: &str, outcome: &str, message: &str) {
+    let path = host.path(release_files::UPDATE_RESULT);
+    let body = serde_json::json!({
+        "version": version,
+        "outcome": outcome,
+        "message": message,
+        "finishedAt": shared::timestamp::Timestamp::now().to_string(),
+    })
+    .to_string();
+    let tmp = path.with_extension(format!("json.new-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let written = write_new(&tmp, body.as_bytes(), 0o644)
+        .and_then(|()| fs::rename(&tmp, &path).map_err(|e| io_fail("replace", &path, e)));
+    match written {
+        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("/"))),
+        Err(f) => {
+            let _ = fs::remove_file(&tmp);
+            crate::warn(&format!(
+                "noderax-agent-priv: warning: the update's outcome could not be recorded: {}",
+                f.message
+            ));
+        }
     }
-    Ok(sha.to_ascii_lowercase())
 }
 
 /// Opens the staging directory itself without following a symlink there.
@@ -647,13 +855,22 @@ mod tests {
 
     #[test]
     fn manifest_rules() {
-        let sha = "AB".repeat(32);
+        let (a, e, p) = ("AB".repeat(32), "cd".repeat(32), "ef".repeat(32));
         let good = format!(
-            r#"{{"version":"1.0.3","channel":"tag","artifacts":{{"amd64":{{"binaryUrl":"x","sha256":"{sha}"}}}}}}"#
+            r#"{{"version":"1.0.3","channel":"tag","artifacts":{{"amd64":{{"binaryUrl":"x","sha256":"{a}",
+                "components":{{"noderax-agent-exec":{{"url":"y","sha256":"{e}"}},
+                               "noderax-agent-priv":{{"url":"z","sha256":"{p}"}}}}}}}}}}"#
         );
         assert_eq!(
-            manifest_digest(good.as_bytes(), "1.0.3", "amd64").unwrap(),
-            "ab".repeat(32)
+            manifest_digests(good.as_bytes(), "1.0.3", "amd64").unwrap(),
+            [
+                ("noderax-agent", "ab".repeat(32)),
+                ("noderax-agent-exec", e.clone()),
+                ("noderax-agent-priv", p.clone()),
+            ]
+        );
+        let single = format!(
+            r#"{{"version":"1.0.3","channel":"tag","artifacts":{{"amd64":{{"binaryUrl":"x","sha256":"{a}"}}}}}}"#
         );
         for (m, v, a, want) in [
             (good.as_str(), "1.0.4", "amd64", "not 1.0.4"),
@@ -661,7 +878,13 @@ mod tests {
                 good.as_str(),
                 "1.0.3",
                 "arm64",
-                "no valid sha256 for the arm64",
+                "no valid sha256 for noderax-agent (arm64)",
+            ),
+            (
+                single.as_str(),
+                "1.0.3",
+                "amd64",
+                "no valid sha256 for noderax-agent-exec (amd64); a release must carry all of",
             ),
             (
                 r#"{"version":"1.0.3","channel":"main","artifacts":{}}"#,
@@ -677,7 +900,7 @@ mod tests {
             ),
             ("[", "1.0.3", "amd64", "not valid JSON"),
         ] {
-            let e = manifest_digest(m.as_bytes(), v, a).unwrap_err();
+            let e = manifest_digests(m.as_bytes(), v, a).unwrap_err();
             assert!(e.message.contains(want), "{m}: {}", e.message);
         }
     }

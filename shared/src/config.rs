@@ -60,8 +60,7 @@ impl LogLevel {
     }
 }
 
-/// Where the installer puts the root helper; the executor and `doctor` default to it.
-pub const HELPER_PATH: &str = "/usr/local/libexec/noderax-agent-priv";
+pub use crate::release_files::{HELPER_PATH, RELEASE_KEY_PATH};
 
 /// The effective configuration.
 #[derive(Clone, PartialEq)]
@@ -99,6 +98,7 @@ pub struct Config {
     pub task_output_max_bytes: u64,
     pub task_output_retention: Duration,
     pub update_base_url: String,
+    pub update_github_api_url: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -148,6 +148,7 @@ impl Default for Config {
             task_output_max_bytes: 0,
             task_output_retention: Duration::ZERO,
             update_base_url: String::new(),
+            update_github_api_url: String::new(),
         };
         for key in KEYS {
             if !key.default.is_empty() {
@@ -667,6 +668,22 @@ pub fn normalize_api_url(raw: &str) -> Result<String, String> {
     Ok(url)
 }
 
+/// An http(s) URL that paths are appended to: trimmed, without trailing `/`.
+fn release_url(raw: &str) -> Result<String, String> {
+    let v = raw.trim().trim_end_matches('/');
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"))
+        .ok_or("must be an http:// or https:// URL")?;
+    if rest.split('/').next().unwrap_or("").is_empty() {
+        return Err("has no host".into());
+    }
+    if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace".into());
+    }
+    Ok(v.to_owned())
+}
+
 /// Leading `/` added if missing.
 fn leading_slash(s: &str) -> String {
     let s = s.trim();
@@ -1143,16 +1160,24 @@ pub static KEYS: &[Key] = &[
         env: &["NODERAX_UPDATE_BASE_URL"],
         kind: Kind::String,
         default: "https://cdn.noderax.net/noderax-agent/releases",
-        doc: "Where self-updates come from: <base>/<version>/release-manifest.json and its artifacts; GitHub Releases is the fallback.",
+        doc: "Where self-updates come from: BASE/VERSION/release-manifest.json and its artifacts; GitHub Releases (update_github_api_url) is the fallback.",
         set: |c, v| {
-            let v = v.trim().trim_end_matches('/');
-            if !(v.starts_with("https://") || v.starts_with("http://")) {
-                return Err("must be an http:// or https:// URL".into());
-            }
-            c.update_base_url = v.to_owned();
+            c.update_base_url = release_url(v)?;
             Ok(())
         },
         get: |c| Value::String(c.update_base_url.clone()),
+    },
+    Key {
+        name: "update_github_api_url",
+        env: &["NODERAX_UPDATE_GITHUB_API_URL"],
+        kind: Kind::String,
+        default: "https://api.github.com/repos/noderax/noderax-agent",
+        doc: "GitHub API URL of the release repository, the self-update fallback: URL/releases/tags/agent-vVERSION, asset release-manifest.json.",
+        set: |c, v| {
+            c.update_github_api_url = release_url(v)?;
+            Ok(())
+        },
+        get: |c| Value::String(c.update_github_api_url.clone()),
     },
 ];
 
@@ -1195,6 +1220,14 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Info);
         assert_eq!(c.root_access_ceiling, RootProfile::Operational);
         assert_eq!(c.outbox_max_bytes, 256 << 20);
+        assert_eq!(
+            c.update_base_url,
+            "https://cdn.noderax.net/noderax-agent/releases"
+        );
+        assert_eq!(
+            c.update_github_api_url,
+            "https://api.github.com/repos/noderax/noderax-agent"
+        );
     }
 
     #[test]
@@ -1355,6 +1388,21 @@ mod tests {
             ),
             (r#"{"exec_socket":"run/x.sock"}"#, "exec_socket", "absolute"),
             (
+                r#"{"update_base_url":"cdn.example/releases"}"#,
+                "update_base_url",
+                "http:// or https://",
+            ),
+            (
+                r#"{"update_github_api_url":"ftp://api.github.com/repos/a/b"}"#,
+                "update_github_api_url",
+                "http:// or https://",
+            ),
+            (
+                r#"{"update_github_api_url":"https:///repos/a/b"}"#,
+                "update_github_api_url",
+                "no host",
+            ),
+            (
                 r#"{"outbox_max_bytes":"lots"}"#,
                 "outbox_max_bytes",
                 "expected a JSON integer",
@@ -1466,6 +1514,30 @@ mod tests {
         for raw in ["", "ftp://x", "https://", "https:///path", "https://a b"] {
             assert!(normalize_api_url(raw).is_err(), "{raw}");
         }
+    }
+
+    #[test]
+    fn release_urls_are_trimmed_and_taken_from_the_environment() {
+        let e = env(&[
+            (
+                "NODERAX_UPDATE_BASE_URL",
+                " http://mirror.example/releases/ ",
+            ),
+            (
+                "NODERAX_UPDATE_GITHUB_API_URL",
+                "https://ghe.example/api/v3/repos/ops/agent/",
+            ),
+        ]);
+        let l = load(&Location::NotFound, &e).unwrap();
+        assert_eq!(l.config.update_base_url, "http://mirror.example/releases");
+        assert_eq!(
+            l.config.update_github_api_url,
+            "https://ghe.example/api/v3/repos/ops/agent"
+        );
+        assert_eq!(
+            l.origin("update_github_api_url"),
+            Origin::Env("NODERAX_UPDATE_GITHUB_API_URL")
+        );
     }
 
     #[test]

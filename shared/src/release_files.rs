@@ -32,6 +32,22 @@ pub const SIGNATURE: &str = "release-manifest.json.minisig";
 /// `sha256sum` listing of every artifact of a release.
 pub const CHECKSUMS: &str = "SHA256SUMS";
 
+/// Where the installer puts the root helper (a link to
+/// `current/noderax-agent-priv`); sudoers names this path, and the executor
+/// and `doctor` default to it.
+pub const HELPER_PATH: &str = "/usr/local/libexec/noderax-agent-priv";
+/// Minisign public key of the release signer, installed by the installer's
+/// `--release-key`. When it exists every self-update's manifest must carry a
+/// valid signature by it (checked by agent-net when it downloads and again by
+/// the root helper when it installs).
+pub const RELEASE_KEY_PATH: &str = "/etc/noderax-agent/release.pub";
+/// Where releases are installed: `releases/VERSION/`, `current`, `previous`.
+pub const INSTALL_DIR: &str = "/opt/noderax-agent";
+/// The root helper's outcome of the last switch to a release (JSON, written
+/// by the helper, read by the restarted network process):
+/// `{"version":"V","outcome":"current|rolled_back|failed","message":"...","finishedAt":"..."}`.
+pub const UPDATE_RESULT: &str = "/opt/noderax-agent/update-result.json";
+
 /// The published file name of `program` for `arch`:
 /// `noderax-agent-exec-linux-amd64`.
 pub fn artifact_name(program: &str, arch: &str) -> String {

@@ -128,6 +128,18 @@ impl Control {
         self.node(node_id).map(|n| n.metrics).unwrap_or_default()
     }
 
+    /// Sets the architecture the node reported at enrollment (rollouts
+    /// consider only `amd64` and `arm64` nodes, §10.1).
+    pub fn set_arch(&self, node_id: &str, arch: &str) -> Result<()> {
+        let mut state = self.inner.state();
+        let node = state
+            .nodes
+            .get_mut(node_id)
+            .ok_or_else(|| not_found("Node", node_id))?;
+        node.arch = Some(arch.to_owned());
+        Ok(())
+    }
+
     pub fn set_maintenance(&self, node_id: &str, enabled: bool) -> Result<()> {
         let mut state = self.inner.state();
         let node = state

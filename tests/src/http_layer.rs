@@ -38,6 +38,7 @@ pub async fn around(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
                 Value::Null,
                 err.into_response(),
                 None,
+                None,
             );
         }
     };
@@ -51,9 +52,13 @@ pub async fn around(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
         Vec::new()
     };
     let mut slow = None;
+    let mut injected: Option<Duration> = None;
     for action in &actions {
         match action {
-            FaultAction::Latency(d) => exact_delay(*d).await,
+            FaultAction::Latency(d) => {
+                let waited = exact_delay(*d).await;
+                injected = Some(injected.unwrap_or_default() + waited);
+            }
             FaultAction::DropConnection => {
                 inner.recorder.request(RecordedRequest {
                     at_ms: inner.recorder.now_ms(),
@@ -62,6 +67,7 @@ pub async fn around(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
                     body: json,
                     status: 0,
                     fault: Some("dropped connection".into()),
+                    injected_latency_us: injected.map(|d| d.as_micros() as u64),
                 });
                 if let Some(conn) = conn {
                     conn.kill();
@@ -94,6 +100,7 @@ pub async fn around(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
                     json,
                     resp,
                     Some(format!("status {code}")),
+                    injected,
                 );
             }
             FaultAction::SlowResponse { chunk, delay } => slow = Some((*chunk, *delay)),
@@ -116,7 +123,7 @@ pub async fn around(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
             )
             .into_response();
             drop(hits);
-            return finish(&inner, &method, &path, json, resp, None);
+            return finish(&inner, &method, &path, json, resp, None, injected);
         }
         q.push_back(now);
     }
@@ -124,7 +131,7 @@ pub async fn around(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
     let req = Request::from_parts(parts, Body::from(bytes));
     let resp = next.run(req).await;
     let fault = slow.map(|(chunk, delay)| format!("slow response {chunk} B / {delay:?}"));
-    let resp = finish(&inner, &method, &path, json, resp, fault);
+    let resp = finish(&inner, &method, &path, json, resp, fault, injected);
     match slow {
         Some((chunk, delay)) => trickle(resp, chunk.max(1), delay).await,
         None => resp,
@@ -139,6 +146,7 @@ fn finish(
     body: Value,
     mut resp: Response,
     fault: Option<String>,
+    injected_latency: Option<Duration>,
 ) -> Response {
     if let Some(err) = resp.extensions_mut().remove::<ApiError>() {
         let headers = resp.headers().clone();
@@ -154,6 +162,7 @@ fn finish(
         body,
         status: resp.status().as_u16(),
         fault,
+        injected_latency_us: injected_latency.map(|d| d.as_micros() as u64),
     });
     resp
 }
@@ -174,15 +183,41 @@ async fn trickle(resp: Response, chunk: usize, delay: Duration) -> Response {
     resp
 }
 
-/// Waits `d` as exactly as an injected fault should: Tokio's timer fires on
-/// the next millisecond tick after its deadline (a "2 ms" sleep lasted about
-/// 3.1 ms), so the last millisecond is waited out by yielding.
-async fn exact_delay(d: Duration) {
-    let deadline = tokio::time::Instant::now() + d;
-    if let Some(coarse) = d.checked_sub(Duration::from_millis(1)) {
+/// Waits `d` as exactly as an injected fault should (never less), and
+/// returns how long it really waited.
+///
+/// A Tokio sleep is too coarse for a few milliseconds: its timer fires on
+/// the first 1 ms tick after the deadline, and its `epoll_wait` timeout is
+/// rounded up to whole milliseconds on top, so a "1 ms" sleep lasted up to
+/// 2.2 ms here and a "2 ms" one about 3.1 ms. So only what lies more than
+/// [`TOKIO_TIMER_SLOP`] before the deadline is slept on Tokio's timer; the
+/// rest is a `nanosleep` to the deadline on a blocking thread, whose timer
+/// slack is lowered to 1 µs. Nothing spins: a spinning testbed would take a
+/// CPU from the agent it measures.
+async fn exact_delay(d: Duration) -> Duration {
+    let start = Instant::now();
+    let deadline = start + d;
+    if let Some(coarse) = d.checked_sub(TOKIO_TIMER_SLOP) {
         tokio::time::sleep(coarse).await;
     }
-    while tokio::time::Instant::now() < deadline {
-        tokio::task::yield_now().await;
+    if Instant::now() < deadline {
+        let fine = tokio::task::spawn_blocking(move || {
+            // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's
+            // timer slack; it takes no pointers.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                std::thread::sleep(left);
+            }
+        });
+        if fine.await.is_err() {
+            // The blocking pool is shutting down: wait the coarse way.
+            tokio::time::sleep_until(deadline.into()).await;
+        }
     }
+    start.elapsed()
 }
+
+/// How far past its deadline a Tokio sleep can end (1 ms tick plus the
+/// rounded-up `epoll_wait` timeout), with a margin.
+const TOKIO_TIMER_SLOP: Duration = Duration::from_millis(3);

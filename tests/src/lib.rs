@@ -12,7 +12,9 @@
 //! Modules: [`agent_api`] (agent HTTP routes), [`realtime`] (Socket.IO),
 //! [`control`] (user-side API), [`faults`], [`recorder`], [`timers`]
 //! (stale sweeps, offline detection, terminal and rollout timers),
-//! [`server`] (connections), [`validate`] (the server's validation pipe).
+//! [`server`] (connections), [`validate`] (the server's validation pipe),
+//! [`release_fixture`] (test releases for the `/cdn/` release server),
+//! [`test_support`] (helpers of the suites that drive built programs).
 
 pub mod agent_api;
 pub mod config;
@@ -23,7 +25,9 @@ mod http_layer;
 pub mod model;
 pub mod realtime;
 pub mod recorder;
+pub mod release_fixture;
 pub mod server;
+pub mod test_support;
 pub mod timers;
 pub mod validate;
 

@@ -22,6 +22,8 @@ pub struct RecordedRequest {
     pub status: u16,
     /// Set when a fault rule produced or shaped the response.
     pub fault: Option<String>,
+    /// How long a latency fault really delayed this request, in µs.
+    pub injected_latency_us: Option<u64>,
 }
 
 /// Direction of a Socket.IO event.

@@ -136,6 +136,71 @@ fn verify_is_silent() {
     );
 }
 
+/// The executor's settings drop-in as `noderax-agent config executor-unit`
+/// writes it for a config that sets all three keys (the installer writes it
+/// to noderax-agent-exec.service.d/10-settings.conf) passes verify too.
+#[test]
+fn verify_is_silent_with_the_executors_settings() {
+    let Some(tool) = systemd_analyze() else {
+        return;
+    };
+    let root = installed_root();
+    // target/debug, which holds the agent after a workspace build.
+    let exe = std::env::current_exe().unwrap();
+    let agent = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("noderax-agent");
+    assert!(
+        agent.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        agent.display()
+    );
+    let config = root.path().join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"kill_grace":"2m","max_concurrent_tasks":16,"root_access_ceiling":"off"}"#,
+    )
+    .unwrap();
+    let out = Command::new(&agent)
+        .arg("--config-file")
+        .arg(&config)
+        .args(["config", "executor-unit"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dropin = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        dropin.contains(
+            "--kill-grace 2m0s --max-tasks 16 --root-access-ceiling off\nTimeoutStopSec=140s\n"
+        ),
+        "{dropin}"
+    );
+    let dir = root.path().join(format!("etc/systemd/system/{EXEC}.d"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("10-settings.conf"), &dropin).unwrap();
+    let (ok, text) = analyze(&tool, root.path(), &["verify", EXEC]);
+    assert!(
+        ok && text.trim().is_empty(),
+        "systemd-analyze verify {EXEC} with the drop-in must succeed without output; it said:\n{text}"
+    );
+    // Control: verify does read the drop-in (a bad line in it is reported).
+    std::fs::write(
+        dir.join("10-settings.conf"),
+        format!("{dropin}NoSuchSetting=1\n"),
+    )
+    .unwrap();
+    let (_, text) = analyze(&tool, root.path(), &["verify", EXEC]);
+    assert!(text.contains("NoSuchSetting"), "{text}");
+}
+
 /// The number in "Overall exposure level for UNIT: 1.2 OK".
 fn exposure(tool: &Path, root: &Path, unit: &str, threshold: Option<f64>) -> (bool, f64) {
     let threshold = threshold.map(|t| format!("--threshold={}", (t * 10.0).round()));
@@ -337,21 +402,19 @@ fn names_and_paths_match_the_root_helper() {
 
     let exec = parse_unit(EXEC);
     let exec_start = value(&exec, "Service", "ExecStart").unwrap();
-    let helper = const_strings("agent-priv/src/host.rs", "SELF");
-    assert_eq!(helper.len(), 1);
+    // The helper's own paths are these constants (agent-priv/src/host.rs).
+    let helper = shared::release_files::HELPER_PATH;
     assert!(
-        exec_start.contains(&format!("--helper {}", helper[0])),
-        "{EXEC} must pass the helper's installed path {}",
-        helper[0]
+        exec_start.contains(&format!("--helper {helper}")),
+        "{EXEC} must pass the helper's installed path {helper}"
     );
-    let install = const_strings("agent-priv/src/host.rs", "INSTALL");
+    let install = shared::release_files::INSTALL_DIR;
     for (unit, bin) in [(NET, "noderax-agent"), (EXEC, "noderax-agent-exec")] {
         let parsed = parse_unit(unit);
         let start = value(&parsed, "Service", "ExecStart").unwrap();
         assert!(
-            start.starts_with(&format!("{}/current/{bin} ", install[0])),
-            "{unit}: ExecStart must run {}/current/{bin}",
-            install[0]
+            start.starts_with(&format!("{install}/current/{bin} ")),
+            "{unit}: ExecStart must run {install}/current/{bin}"
         );
     }
     // Updates are staged in the network process's state directory.

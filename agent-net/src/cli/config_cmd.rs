@@ -30,6 +30,14 @@ pub enum ConfigCommand {
     },
     /// Print the config file in use (exit 1 if there is none) and the search order.
     Path,
+    /// Print the systemd drop-in that passes kill_grace, max_concurrent_tasks
+    /// and root_access_ceiling from the config file to the executor.
+    ///
+    /// The socket-activated executor cannot read the config; the installer
+    /// writes this to /etc/systemd/system/noderax-agent-exec.service.d/10-settings.conf
+    /// and `config set` of one of these keys rewrites it there. Only keys the
+    /// file sets are passed; the environment is ignored.
+    ExecutorUnit,
 }
 
 fn keys_help() -> String {
@@ -56,7 +64,16 @@ pub fn run(cmd: &ConfigCommand, cli_path: Option<&Path>) -> anyhow::Result<ExitC
         ConfigCommand::Show { json } => show(&location, *json),
         ConfigCommand::Set { key, value } => set(&location, key, value),
         ConfigCommand::Path => path(&location),
+        ConfigCommand::ExecutorUnit => executor_unit(&location),
     }
+}
+
+fn executor_unit(location: &Location) -> anyhow::Result<ExitCode> {
+    let loaded = super::executor_unit::load_file(location)?;
+    std::io::stdout()
+        .lock()
+        .write_all(super::executor_unit::text(&loaded).as_bytes())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn show(location: &Location, json: bool) -> anyhow::Result<ExitCode> {
@@ -126,6 +143,14 @@ fn set(location: &Location, key: &str, value: &str) -> anyhow::Result<ExitCode> 
         eprintln!(
             "noderax-agent: warning: environment variable {var} is set and overrides {key} from the file"
         );
+    }
+    match super::executor_unit::after_config_set(key, &target) {
+        Ok(Some(note)) => eprintln!("noderax-agent: note: {note}"),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("noderax-agent: error: {e:#}");
+            return Ok(ExitCode::FAILURE);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

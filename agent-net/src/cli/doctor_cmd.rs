@@ -989,11 +989,27 @@ fn check_sudo(r: &mut Report, args: &DoctorArgs, cfg: &config::Config) {
                 ),
             );
         }
-        Ok(m) => r.add(
-            Level::Ok,
-            "root helper",
-            format!("{h}: owner root, mode {}", mode_str(m.mode())),
-        ),
+        Ok(m) => match replaceable_on_the_way(helper) {
+            Some(dir) => r.add(
+                Level::Fail,
+                "root helper",
+                format!(
+                    "{h} is reached through {dir}, which someone other than root can change: whoever can replace what is in it becomes root; make every directory on the way root-owned and not group or world writable"
+                ),
+            ),
+            None => {
+                // Installed, it is a link into the current release.
+                let shown = match std::fs::canonicalize(helper) {
+                    Ok(real) if real != *helper => format!("{h} -> {}", real.display()),
+                    _ => h.to_string(),
+                };
+                r.add(
+                    Level::Ok,
+                    "root helper",
+                    format!("{shown}: owner root, mode {}", mode_str(m.mode())),
+                );
+            }
+        },
     }
     let sudo = &args.sudo;
     if !sudo.exists() {
@@ -1083,8 +1099,77 @@ fn check_sudo(r: &mut Report, args: &DoctorArgs, cfg: &config::Config) {
     }
 }
 
+/// The first directory, following `path` and every link on the way
+/// (`/usr/local/libexec/noderax-agent-priv` -> `/opt/noderax-agent/current/...`
+/// -> `releases/V/...`), in which someone other than root could replace the
+/// entry looked up: not root-owned, or group/world writable without the
+/// sticky bit protecting a root-owned entry. Described for a message.
+fn replaceable_on_the_way(path: &Path) -> Option<String> {
+    use std::path::Component;
+    // Components still to resolve, the next one last.
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    let push = |pending: &mut Vec<std::ffi::OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => pending.push(n.to_owned()),
+                Component::ParentDir => pending.push("..".into()),
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            }
+        }
+    };
+    let mut cur = if path.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        std::env::current_dir().ok()?
+    };
+    push(&mut pending, path);
+    let mut links = 0;
+    while let Some(name) = pending.pop() {
+        if name == ".." {
+            cur.pop();
+            continue;
+        }
+        let dir = match std::fs::metadata(&cur) {
+            Ok(m) => m,
+            Err(e) => return Some(format!("{} ({e})", cur.display())),
+        };
+        let next = cur.join(&name);
+        let entry = std::fs::symlink_metadata(&next).ok();
+        let sticky_protects =
+            dir.mode() & 0o1000 != 0 && entry.as_ref().is_some_and(|e| e.uid() == 0);
+        if dir.uid() != 0 || (dir.mode() & 0o022 != 0 && !sticky_protects) {
+            return Some(format!(
+                "{} (owner {}, mode {})",
+                cur.display(),
+                describe_uid(dir.uid()),
+                mode_str(dir.mode())
+            ));
+        }
+        match entry {
+            Some(e) if e.file_type().is_symlink() => {
+                links += 1;
+                let target = match std::fs::read_link(&next) {
+                    Ok(t) if links <= 40 => t,
+                    _ => {
+                        return Some(format!(
+                            "{} (a link that cannot be followed)",
+                            next.display()
+                        ));
+                    }
+                };
+                if target.is_absolute() {
+                    cur = PathBuf::from("/");
+                }
+                push(&mut pending, &target);
+            }
+            _ => cur = next,
+        }
+    }
+    None
+}
+
 /// Runs a command, killing it after `timeout`.
-fn run_with_timeout(
+pub(super) fn run_with_timeout(
     mut cmd: std::process::Command,
     timeout: Duration,
 ) -> std::io::Result<std::process::Output> {

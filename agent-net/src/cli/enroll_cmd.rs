@@ -124,7 +124,18 @@ fn finish(p: &Prepared, common: &Common, id: &identity::Identity) -> anyhow::Res
     if let Some(s) = &common.state_file {
         settings.push(("state_file", s.display().to_string()));
     }
+    // The installer's config is root-owned and already names the API: do
+    // not try (and warn about failing) to write what is there already.
+    let in_file: Option<serde_json::Value> = std::fs::read(&p.config_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     for (key, value) in settings {
+        if in_file
+            .as_ref()
+            .is_some_and(|f| f[key].as_str() == Some(value.as_str()))
+        {
+            continue;
+        }
         if let Err(e) = config::set_in_file(&p.config_path, key, &value, &ProcessEnv) {
             eprintln!(
                 "noderax-agent: warning: could not write {key} to {}: {e}; set it with `noderax-agent config set {key} {value}`",

@@ -1,12 +1,22 @@
-//! Command-line interface: argument parsing and the subcommands that are
-//! implemented so far. Each subcommand lives in its own module.
+//! Command-line interface: argument parsing and the subcommands. Each
+//! subcommand lives in its own module (`*_cmd`); the others are what they
+//! share (systemd units, the install manifest, link-safe file removal, the
+//! executor's drop-in).
 
 mod config_cmd;
 mod doctor_cmd;
 mod enroll_cmd;
+mod executor_unit;
+mod install_cmd;
+mod install_manifest;
+mod nofollow_fs;
 mod run_cmd;
+mod service_cmd;
 mod status_cmd;
+mod systemd;
 mod task_output_cmd;
+mod uninstall_cmd;
+mod update_cmd;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -77,6 +87,38 @@ pub enum Command {
     /// all of it for task_output_retention. Raw bytes go to stdout in the
     /// order produced, a summary (type, exit, sizes, delivery) to stderr.
     TaskOutput(task_output_cmd::TaskOutputArgs),
+    /// Update this node's agent to a published release (as root).
+    ///
+    /// Downloads the release manifest and the three programs from
+    /// update_base_url (GitHub Releases as the fallback), verifies their
+    /// SHA-256 digests (and the manifest's signature when
+    /// /etc/noderax-agent/release.pub exists), and hands them to the root
+    /// helper, which verifies them again, installs them beside the running
+    /// version, restarts the agent and rolls back if the new version does
+    /// not become ready. The previous version is kept.
+    Update(update_cmd::UpdateArgs),
+    /// Install the agent on this host from this program and its siblings
+    /// (root; the same installation as the one-line installer).
+    ///
+    /// `install --non-interactive --api-url URL --bootstrap-token TOKEN`
+    /// creates the users, directories, config, sudoers drop-in and units,
+    /// enrolls with the token and starts the agent.
+    Install(install_cmd::InstallArgs),
+    /// Remove what the installer installed, as listed in its manifest, and
+    /// nothing else (root); the state is kept unless --purge.
+    Uninstall(uninstall_cmd::UninstallArgs),
+    /// Start the agent's units: the executor's socket and the network
+    /// process (root, systemd).
+    Start,
+    /// Stop the agent's units: network process, executor socket and
+    /// executor; running tasks and terminals end (root, systemd).
+    Stop,
+    /// Restart the network process (noderax-agent.service) only; running
+    /// tasks and terminals keep running in the executor (root, systemd).
+    ///
+    /// To restart the executor as well (ending running tasks): `noderax-agent
+    /// stop`, then `noderax-agent start`.
+    Restart,
 }
 
 /// Parses the command line, runs the command and maps errors to exit codes:
@@ -99,6 +141,12 @@ pub fn main() -> ExitCode {
         (Some(Command::TaskOutput(args)), false) => {
             task_output_cmd::run(args, cli.config_file.as_deref())
         }
+        (Some(Command::Update(args)), false) => update_cmd::run(args, cli.config_file.as_deref()),
+        (Some(Command::Install(args)), false) => install_cmd::run(args),
+        (Some(Command::Uninstall(args)), false) => uninstall_cmd::run(args),
+        (Some(Command::Start), false) => service_cmd::run(service_cmd::Action::Start),
+        (Some(Command::Stop), false) => service_cmd::run(service_cmd::Action::Stop),
+        (Some(Command::Restart), false) => service_cmd::run(service_cmd::Action::Restart),
         // No command: run, as the original agent did.
         (None, false) => run_cmd::run(&run_cmd::RunArgs::default(), cli.config_file.as_deref()),
     };

@@ -25,10 +25,11 @@ use tokio::sync::{mpsc, watch};
 use noderax_agent::agent_status::{AgentStatus, ClaimState, ExecutorState, RealtimeState};
 use noderax_agent::api_client::ApiClient;
 use noderax_agent::claim_loop::{self, ClaimSettings, ClaimStatus};
-use noderax_agent::dispatcher::{self, DispatchSettings, DispatchStatus};
+use noderax_agent::dispatcher::{self, DispatchSettings, DispatchStatus, UpdateSettings};
 use noderax_agent::exec_link::{self, ExecEndpoint};
 use noderax_agent::host_facts::Host;
 use noderax_agent::realtime_session::{self, SessionSettings, SessionStatus};
+use noderax_agent::release_download::ReleaseSource;
 use noderax_agent::root_access::RootAccess;
 use noderax_agent::sd_notify::Notifier;
 use noderax_agent::sio_client::SioConfig;
@@ -281,6 +282,13 @@ async fn serve(
             outbox_max_bytes: cfg.outbox_max_bytes,
             terminal_queue: cfg.realtime_queue_size as usize,
             slots: slots.clone(),
+            updates: UpdateSettings {
+                source: ReleaseSource::from_config(&cfg)
+                    .map(Arc::new)
+                    .map_err(|e| format!("self-updates cannot download releases: {e}")),
+                own_version: shared::build_info::VERSION.to_owned(),
+                outcome_file: update_outcome_file(),
+            },
         },
         client.clone(),
         link,
@@ -553,4 +561,15 @@ async fn write_status(
         // At most one write a second, however busy the agent is.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The root helper's update outcome file. Debug builds let the integration
+/// tests, which stand in for the helper, put it elsewhere
+/// (`scripts/check-release-build.sh` checks release builds cannot).
+fn update_outcome_file() -> PathBuf {
+    #[cfg(debug_assertions)]
+    if let Some(p) = std::env::var_os("NODERAX_TEST_UPDATE_RESULT_FILE") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(shared::release_files::UPDATE_RESULT)
 }

@@ -1,8 +1,8 @@
 //! `noderax-agent status`: what the agent on this host is doing, from the
 //! configuration, the identity and the `status.json` the running agent
 //! rewrites on every change and at least every 10 s (no socket into the
-//! running process), plus a
-//! live check that the control plane is reachable.
+//! running process), the states of its systemd units, plus a live check
+//! that the control plane is reachable.
 //!
 //! Also the helpers `doctor` shares: where the agent's files are, whether
 //! the agent runs, user names, and the API probe.
@@ -22,6 +22,8 @@ use shared::timestamp::Timestamp;
 use noderax_agent::agent_status::AgentStatus;
 use noderax_agent::api_client::{ApiClient, CallError, TransportKind};
 use noderax_agent::state_dir::StateDir;
+
+use super::systemd::UnitState;
 
 /// A status older than this means the agent is not running or hung (`run`
 /// rewrites it at least every 10 s).
@@ -328,6 +330,15 @@ pub fn run(args: &StatusArgs, cli_path: Option<&Path>) -> anyhow::Result<ExitCod
         })
     };
 
+    // Shown, not judged: `run` in a terminal is healthy without units.
+    let units = super::systemd::unit_states().map_err(|e| {
+        if super::systemd::running() {
+            format!("{e:#}")
+        } else {
+            "systemd is not running on this host (e.g. a container): no units".to_owned()
+        }
+    });
+
     // Why this is not "running and healthy".
     let mut problems = Vec::new();
     match &live {
@@ -357,9 +368,23 @@ pub fn run(args: &StatusArgs, cli_path: Option<&Path>) -> anyhow::Result<ExitCod
     let healthy = problems.is_empty();
 
     if args.json {
-        print_json(&setup, status.as_ref(), &live, api.as_ref(), &problems)?;
+        print_json(
+            &setup,
+            status.as_ref(),
+            &live,
+            &units,
+            api.as_ref(),
+            &problems,
+        )?;
     } else {
-        print_text(&setup, status.as_ref(), &live, api.as_ref(), &problems)?;
+        print_text(
+            &setup,
+            status.as_ref(),
+            &live,
+            &units,
+            api.as_ref(),
+            &problems,
+        )?;
     }
     Ok(if healthy {
         ExitCode::SUCCESS
@@ -372,10 +397,14 @@ fn config_file(setup: &Setup) -> Option<PathBuf> {
     setup.loaded.path.clone()
 }
 
+/// The units' states, or why there are none.
+type Units = Result<Vec<UnitState>, String>;
+
 fn print_json(
     setup: &Setup,
     status: Option<&AgentStatus>,
     live: &Liveness,
+    units: &Units,
     api: Option<&ApiProbe>,
     problems: &[String],
 ) -> anyhow::Result<()> {
@@ -409,6 +438,8 @@ fn print_json(
         "statusFile": setup.state.status_file().display().to_string(),
         // As the agent last wrote it; holds no secret.
         "status": status,
+        "units": units.as_ref().ok(),
+        "unitsError": units.as_ref().err(),
         "api": api.map(|a| json!({
             "reachable": a.reachable,
             "httpStatus": a.status,
@@ -426,12 +457,21 @@ fn print_text(
     setup: &Setup,
     status: Option<&AgentStatus>,
     live: &Liveness,
+    units: &Units,
     api: Option<&ApiProbe>,
     problems: &[String],
 ) -> anyhow::Result<()> {
     let cfg = &setup.loaded.config;
     let mut out = std::io::stdout().lock();
-    let mut row = |k: &str, v: &str| writeln!(out, "{:<15} {v}", format!("{k}:"));
+    // An empty key continues the previous row.
+    let mut row = |k: &str, v: &str| {
+        let label = if k.is_empty() {
+            String::new()
+        } else {
+            format!("{k}:")
+        };
+        writeln!(out, "{label:<15} {v}")
+    };
     row("version", shared::build_info::VERSION)?;
     row(
         "config file",
@@ -468,6 +508,19 @@ fn print_text(
         Liveness::NotResponding(d) => format!("not responding: {d}"),
     };
     row("agent", &agent)?;
+    match units {
+        Ok(states) => {
+            for (i, u) in states.iter().enumerate() {
+                let line = format!("{} {}", u.unit, u.describe());
+                if i == 0 {
+                    row("units", &line)?;
+                } else {
+                    row("", &line)?;
+                }
+            }
+        }
+        Err(e) => row("units", e)?,
+    }
     if let Some(st) = status {
         if !live.is_running() {
             row(
