@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the VM suite's guest: Debian 12 (minbase + systemd, sudo, socat,
-# curl, qemu-guest-agent and the distribution kernel) as a raw ext4 disk
+# curl, minisign, qemu-guest-agent and the distribution kernel) as a raw ext4 disk
 # plus the kernel and a small initramfs for direct kernel boot.
 #
 # Usage: build-image.sh MIRROR CACHE_DIR
@@ -19,7 +19,9 @@ mirror=$1
 cache_dir=$2
 readonly SUITE=bookworm
 readonly BRIDGE_PORT=18080
-readonly PACKAGES=systemd-sysv,udev,dbus,sudo,socat,ca-certificates,iproute2,curl,python3-minimal,qemu-guest-agent,linux-image-amd64
+# minisign: the installer verifies a signed release with it (--release-key)
+# and would otherwise install it from the network the guest does not have.
+readonly PACKAGES=systemd-sysv,udev,dbus,sudo,socat,ca-certificates,iproute2,curl,minisign,python3-minimal,qemu-guest-agent,linux-image-amd64
 # Modules the initramfs needs to mount the root disk.
 readonly INITRD_MODULES="virtio_pci virtio_blk ext4 crc32c_generic"
 # Module trees no VM of this suite uses (the image shrinks by ~250 MiB).

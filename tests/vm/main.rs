@@ -40,12 +40,16 @@ struct Args {
     #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
     /// Directory with the release builds of noderax-agent, noderax-agent-exec
-    /// and noderax-agent-priv.
+    /// and noderax-agent-priv: the programs under test.
     #[arg(long, value_name = "DIR")]
     bin_dir: PathBuf,
-    /// The installer script to publish (default: the repository's).
+    /// The same three programs built with a newer version, for the
+    /// self-update scenario (skipped without it).
+    #[arg(long, value_name = "DIR")]
+    next_bin_dir: Option<PathBuf>,
+    /// The release tool (noderax-release) scripts/build-release.sh uses.
     #[arg(long, value_name = "PATH")]
-    installer: Option<PathBuf>,
+    release_tool: PathBuf,
     /// Directory for the release layout and each scenario's logs and sockets.
     #[arg(long, value_name = "DIR")]
     work: PathBuf,
@@ -87,10 +91,14 @@ fn prepare(args: &Args) -> anyhow::Result<Suite> {
     std::fs::create_dir_all(&args.work)
         .with_context(|| format!("creating {}", args.work.display()))?;
     let work = args.work.canonicalize()?;
-    let installer = args.installer.clone().unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../installer/install.sh")
-    });
-    let layout = release::build(&args.bin_dir, &installer, &work.join("cdn"), "amd64")?;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let layout = release::build(&release::Inputs {
+        repo: &repo,
+        bin_dir: &args.bin_dir,
+        next_bin_dir: args.next_bin_dir.as_deref(),
+        release_tool: &args.release_tool,
+        work: &work.join("release"),
+    })?;
     Ok(Suite {
         machine: MachineConfig {
             image,

@@ -35,7 +35,7 @@ async fn steps(env: &mut Env, suite: &Suite) -> anyhow::Result<Vec<String>> {
     let installed = env.install().await?;
     let mut notes = vec![format!("install {}", secs(installed.duration))];
     check_progress(env, &installed)?;
-    check_layout(env, &suite.layout.version).await?;
+    check_layout(env, &suite.layout.version, Method::Script).await?;
     check_binaries(env, suite).await?;
     let node = env.tb.node(&installed.node_id).context("node vanished")?;
     ensure!(
@@ -63,7 +63,7 @@ async fn steps(env: &mut Env, suite: &Suite) -> anyhow::Result<Vec<String>> {
     Ok(notes)
 }
 
-fn check_progress(env: &Env, installed: &Installed) -> anyhow::Result<()> {
+pub fn check_progress(env: &Env, installed: &Installed) -> anyhow::Result<()> {
     let install = env
         .tb
         .install(&installed.install_token)
@@ -97,7 +97,21 @@ fn check_progress(env: &Env, installed: &Installed) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn check_layout(env: &mut Env, version: &str) -> anyhow::Result<()> {
+/// How the agent was installed: the script lays files out itself, the
+/// .deb puts its units where packages put theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Script,
+    Deb,
+}
+
+/// Users, owners, modes, links and units as documented (README: installer,
+/// root helper, systemd units, the .deb) for release `version`.
+pub async fn check_layout(env: &mut Env, version: &str, method: Method) -> anyhow::Result<()> {
+    let units = match method {
+        Method::Script => "/etc/systemd/system",
+        Method::Deb => "/lib/systemd/system",
+    };
     let agent = &mut env.vm.agent;
     // Users: system accounts without login, locked, each in its own group.
     for (user, home) in [
@@ -149,27 +163,22 @@ async fn check_layout(env: &mut Env, version: &str) -> anyhow::Result<()> {
         (rel.as_str(), "root", "root", "755"),
         (&format!("{rel}/noderax-agent"), "root", "root", "755"),
         (&format!("{rel}/noderax-agent-exec"), "root", "root", "755"),
-        (
-            "/usr/local/libexec/noderax-agent-priv",
-            "root",
-            "root",
-            "755",
-        ),
+        (&format!("{rel}/noderax-agent-priv"), "root", "root", "755"),
         ("/etc/sudoers.d/noderax-agent", "root", "root", "440"),
         (
-            "/etc/systemd/system/noderax-agent.service",
+            &format!("{units}/noderax-agent.service"),
             "root",
             "root",
             "644",
         ),
         (
-            "/etc/systemd/system/noderax-agent-exec.socket",
+            &format!("{units}/noderax-agent-exec.socket"),
             "root",
             "root",
             "644",
         ),
         (
-            "/etc/systemd/system/noderax-agent-exec.service",
+            &format!("{units}/noderax-agent-exec.service"),
             "root",
             "root",
             "644",
@@ -236,6 +245,10 @@ async fn check_layout(env: &mut Env, version: &str) -> anyhow::Result<()> {
             "/opt/noderax-agent/current/noderax-agent".into(),
         ),
         (
+            "/usr/local/libexec/noderax-agent-priv",
+            "/opt/noderax-agent/current/noderax-agent-priv".into(),
+        ),
+        (
             "/usr/local/libexec/noderax-agent-self-update",
             "noderax-agent-priv".into(),
         ),
@@ -290,7 +303,7 @@ async fn check_layout(env: &mut Env, version: &str) -> anyhow::Result<()> {
 }
 
 /// The installed programs are the released ones, byte for byte.
-async fn check_binaries(env: &mut Env, suite: &Suite) -> anyhow::Result<()> {
+pub async fn check_binaries(env: &mut Env, suite: &Suite) -> anyhow::Result<()> {
     let v = &suite.layout.version;
     let sums = std::fs::read_to_string(suite.layout.root.join("releases/latest/SHA256SUMS"))?;
     let want = |artifact: &str| -> anyhow::Result<String> {

@@ -8,9 +8,11 @@
 
 mod crash;
 mod install;
+mod package;
 mod privilege;
 mod reboot;
 mod tasks;
+mod update;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -106,16 +108,8 @@ pub async fn run(suite: &Suite, s: Scenario) -> anyhow::Result<Outcome> {
         2 => tasks::run(suite).await,
         3 => privilege::run(suite).await,
         4 => crash::run(suite).await,
-        5 => Ok(Outcome::Skip(
-            "self-update end to end (agent.update staging, helper switch) is still being \
-             written in another branch; this scenario lands with it"
-                .into(),
-        )),
-        6 => Ok(Outcome::Skip(
-            "the .deb package and `noderax-agent uninstall` are still being written in \
-             another branch; this scenario lands with them"
-                .into(),
-        )),
+        5 => update::run(suite).await,
+        6 => package::run(suite).await,
         7 => reboot::run(suite).await,
         n => bail!("no scenario {n}"),
     }
@@ -125,6 +119,16 @@ pub async fn run(suite: &Suite, s: Scenario) -> anyhow::Result<Outcome> {
 pub struct Env {
     pub tb: Testbed,
     pub vm: Machine,
+}
+
+/// How [`Env::install_with`] installs.
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    /// Pass the layout's signing key (`--release-key`): the installer checks
+    /// the download's signature and pins the key for updates.
+    pub release_key: bool,
+    /// Install this version's .deb (`--package deb --version V`).
+    pub deb_version: Option<String>,
 }
 
 /// The agent installed by [`Env::install`].
@@ -166,12 +170,29 @@ impl Env {
     /// with the download base pointed at the local release layout, run as
     /// root in the guest. Fails unless it exits 0 and the node comes online.
     pub async fn install(&mut self) -> anyhow::Result<Installed> {
+        self.install_with(&InstallOptions::default()).await
+    }
+
+    /// [`Env::install`] with options: the release key (fetched from the
+    /// layout first, as an operator would download it) and `--package deb`.
+    pub async fn install_with(&mut self, opts: &InstallOptions) -> anyhow::Result<Installed> {
         let token = self.tb.create_install("noderax-vm");
         let api = Self::api_url();
-        let script = format!(
+        let mut script = String::new();
+        let mut extra = String::new();
+        if opts.release_key {
+            script.push_str(&format!(
+                "curl -fsSL -o /root/release.pub {api}/cdn/minisign.pub && "
+            ));
+            extra.push_str(" --release-key /root/release.pub");
+        }
+        if let Some(version) = &opts.deb_version {
+            extra.push_str(&format!(" --package deb --version {version}"));
+        }
+        script.push_str(&format!(
             "curl -fsSL {api}/cdn/install.sh | NODERAX_AGENT_DOWNLOAD_BASE_URL={api}/cdn/releases \
-             bash -s -- --api-url {api} --bootstrap-token {token}"
-        );
+             bash -s -- --api-url {api} --bootstrap-token {token}{extra}"
+        ));
         let started = Instant::now();
         let out = self
             .vm
