@@ -620,6 +620,8 @@ fn check_deb(deb: &Path, version: &str, work: &Path) {
         "deb-systemd-helper purge $UNITS",
         "deb-systemd-helper mask $UNITS",
         "unlink_ours /usr/local/libexec/noderax-agent-priv /opt/noderax-agent/current/noderax-agent-priv",
+        "rm -f \"$EXEC_DROPIN_DIR/10-settings.conf\"",
+        "grep -qx '# package: noderax-agent' \"$INSTALL_MANIFEST\"",
     ] {
         assert!(postrm.contains(line), "postrm lacks {line:?}");
     }
