@@ -554,7 +554,19 @@ fn restart_and_wait(host: &Host) -> Result<(), String> {
     let systemctl = host.tool(tools::SYSTEMCTL).map_err(|e| e.message)?;
     let mut cmd = host::command(&systemctl);
     cmd.arg("restart").args(UNITS);
-    host::run_streamed(cmd, "systemctl restart").map_err(|e| e.message)?;
+    // The reason ends up in update-result.json and before the operator in
+    // the control plane, where systemctl's own output is not: point at
+    // the journal, which has it.
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start {}: {e}", systemctl.display()))?;
+    if !status.success() {
+        return Err(format!(
+            "systemctl restart {} failed ({status}): a unit did not start, see `journalctl -u {}`",
+            UNITS.join(" "),
+            UNITS.join(" -u ")
+        ));
+    }
     let r = host.readiness;
     let start = Instant::now();
     let mut streak = 0;
