@@ -113,6 +113,15 @@ impl Control {
         s.map(|s| s.disconnect().is_ok()).unwrap_or(false)
     }
 
+    /// Deletes a node, as an operator does in the web UI before installing
+    /// a machine again: its credentials stop working (§11.4, "node deleted")
+    /// and its hostname may enroll anew. Returns whether it existed.
+    pub fn delete_node(&self, node_id: &str) -> bool {
+        let existed = self.inner.state().nodes.remove(node_id).is_some();
+        self.disconnect_node(node_id);
+        existed
+    }
+
     /// Registers a node directly (as if it had enrolled) and returns its
     /// `(node_id, agent_token)`.
     pub fn create_node(&self, hostname: &str) -> (String, String) {

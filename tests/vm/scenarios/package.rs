@@ -144,7 +144,14 @@ async fn steps(env: &mut Env, suite: &Suite) -> anyhow::Result<Vec<String>> {
     let after = inventory(env).await?;
     ensure_same(&before, &after, "apt-get purge noderax-agent")?;
 
-    // The script, then `noderax-agent uninstall --yes --purge`.
+    // The script, then `noderax-agent uninstall --yes --purge`. The
+    // control plane refuses a second node of the same hostname, so the
+    // operator deletes the first one (as in the web UI).
+    ensure!(
+        env.tb.delete_node(&installed.node_id),
+        "the testbed lost node {}",
+        installed.node_id
+    );
     let installed = env.install_healthy().await?;
     notes.push(format!("script install {}", secs(installed.duration)));
     let out = env

@@ -24,6 +24,10 @@ use crate::release::GUEST_BASE_URL;
 /// wait (60 s for a broken one), reconnect.
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// From the target's end to the helper's record of the switch (its
+/// readiness wait is 5 checks 1 s apart after the units are up).
+const RESULT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// What every update reports up to the hand-over to the root helper's unit.
 const HANDED_OVER: [&str; 5] = [
     "dispatched",
@@ -137,10 +141,13 @@ async fn steps(env: &mut Env, suite: &Suite, next: &str) -> anyhow::Result<Vec<S
         why.contains("rolled back"),
         "broken release: the target's reason does not say it was rolled back: {why}"
     );
-    notes.push(format!("broken rolled back in {}", secs(started.elapsed())));
-    let result = update_result(env).await?;
+    notes.push(format!(
+        "broken rolled back in {} ({why})",
+        secs(started.elapsed())
+    ));
+    let result = update_result_for(env, &layout.broken).await?;
     ensure!(
-        result["version"] == layout.broken.as_str() && result["outcome"] == "rolled_back",
+        result["outcome"] == "rolled_back",
         "update-result.json after the broken release: {result}"
     );
     env.wait_online(&node).await?;
@@ -182,9 +189,11 @@ async fn steps(env: &mut Env, suite: &Suite, next: &str) -> anyhow::Result<Vec<S
         "previous -> {} (want releases/{old})",
         previous.trim()
     );
-    let result = update_result(env).await?;
+    // The helper records the outcome after its readiness wait, which may
+    // end after the new agent has reconnected.
+    let result = update_result_for(env, next).await?;
     ensure!(
-        result["version"] == next && result["outcome"] == "current",
+        result["outcome"] == "current",
         "update-result.json after the update: {result}"
     );
     // Both units run the new release's programs, as their users.
@@ -281,9 +290,21 @@ async fn guest_file(env: &mut Env, path: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-async fn update_result(env: &mut Env) -> anyhow::Result<Value> {
-    let text = guest_file(env, shared::release_files::UPDATE_RESULT).await?;
-    serde_json::from_str(&text).with_context(|| format!("update-result.json: {text:?}"))
+/// The root helper's record of its switch to `version`, once written.
+async fn update_result_for(env: &mut Env, version: &str) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + RESULT_TIMEOUT;
+    loop {
+        let text = guest_file(env, shared::release_files::UPDATE_RESULT).await?;
+        let result: Value =
+            serde_json::from_str(&text).with_context(|| format!("update-result.json: {text:?}"))?;
+        if result["version"] == version {
+            return Ok(result);
+        }
+        if Instant::now() >= deadline {
+            bail!("update-result.json is not about {version} after {RESULT_TIMEOUT:?}: {result}");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// The node reports `version` and the guest's agent is that version.
