@@ -117,8 +117,10 @@ async fn steps(env: &mut Env, _suite: &Suite) -> anyhow::Result<Vec<String>> {
         .await
         .with_context(|| format!("terminal {sid} did not close: {:?}", env.tb.terminal(&sid)))?;
     notes.push(format!(
-        "terminal closed with exit code {:?}",
-        closed.exit_code
+        "terminal stopped and closed (exit code {})",
+        closed
+            .exit_code
+            .map_or_else(|| "none".to_owned(), |c| c.to_string())
     ));
 
     // The token is out of a task's reach.
