@@ -98,7 +98,16 @@ async fn steps(env: &mut Env, suite: &Suite, next: &str) -> anyhow::Result<Vec<S
         "tampered release: the reason does not say the artifact is altered: {why}"
     );
     notes.push(format!("tampered refused in {}", secs(started.elapsed())));
-    ensure_releases(env, old, None, &[old]).await?;
+    ensure_links(env, old, None).await?;
+    let releases = env
+        .vm
+        .agent
+        .sh_ok("ls -A /opt/noderax-agent/releases", CMD_TIMEOUT)
+        .await?;
+    ensure!(
+        releases.split_whitespace().collect::<Vec<_>>() == [old],
+        "/opt/noderax-agent/releases holds {releases:?} (want only {old})"
+    );
     let audit = env
         .vm
         .agent
@@ -154,8 +163,8 @@ async fn steps(env: &mut Env, suite: &Suite, next: &str) -> anyhow::Result<Vec<S
     env.wait_healthy().await?;
     ensure_version(env, &node, old).await?;
     // Whether the broken release's directory is kept is the helper's
-    // pruning policy; what matters is that `current` is the old one again.
-    ensure_current(env, old).await?;
+    // pruning policy; what matters is that the links are as before it.
+    ensure_links(env, old, None).await?;
     env.shell_ok(&node, "echo after-rollback").await?;
 
     // 3. The next version.
@@ -178,17 +187,7 @@ async fn steps(env: &mut Env, suite: &Suite, next: &str) -> anyhow::Result<Vec<S
     notes.push(format!("update to {next} in {}", secs(started.elapsed())));
     env.wait_healthy().await?;
     ensure_version(env, &node, next).await?;
-    ensure_current(env, next).await?;
-    let previous = env
-        .vm
-        .agent
-        .sh_ok("readlink /opt/noderax-agent/previous", CMD_TIMEOUT)
-        .await?;
-    ensure!(
-        previous.trim() == format!("releases/{old}"),
-        "previous -> {} (want releases/{old})",
-        previous.trim()
-    );
+    ensure_links(env, next, Some(old)).await?;
     // The helper records the outcome after its readiness wait, which may
     // end after the new agent has reconnected.
     let result = update_result_for(env, next).await?;
@@ -327,56 +326,30 @@ async fn ensure_version(env: &mut Env, node: &str, version: &str) -> anyhow::Res
     Ok(())
 }
 
-async fn ensure_current(env: &mut Env, version: &str) -> anyhow::Result<()> {
-    let current = env
+/// Where `/opt/noderax-agent/NAME` points (`None`: no such link).
+async fn release_link(env: &mut Env, name: &str) -> anyhow::Result<Option<String>> {
+    let out = env
         .vm
         .agent
-        .sh_ok("readlink /opt/noderax-agent/current", CMD_TIMEOUT)
+        .sh(&format!("readlink /opt/noderax-agent/{name}"), CMD_TIMEOUT)
         .await?;
-    ensure!(
-        current.trim() == format!("releases/{version}"),
-        "current -> {} (want releases/{version})",
-        current.trim()
-    );
-    Ok(())
+    Ok(out.success().then(|| out.stdout.trim().to_owned()))
 }
 
-/// `current` is `version`, `previous` is `previous` (or absent), and the
-/// release directories are exactly `releases`.
-async fn ensure_releases(
-    env: &mut Env,
-    version: &str,
-    previous: Option<&str>,
-    releases: &[&str],
-) -> anyhow::Result<()> {
-    ensure_current(env, version).await?;
-    let prev = env
-        .vm
-        .agent
-        .sh("readlink /opt/noderax-agent/previous", CMD_TIMEOUT)
-        .await?;
-    let got_prev = prev.success().then(|| {
-        prev.stdout
-            .trim()
-            .trim_start_matches("releases/")
-            .to_owned()
-    });
-    ensure!(
-        got_prev.as_deref() == previous,
-        "previous -> {got_prev:?} (want {previous:?})"
+/// `current` points at release `current`, `previous` at release `previous`
+/// (or does not exist).
+async fn ensure_links(env: &mut Env, current: &str, previous: Option<&str>) -> anyhow::Result<()> {
+    let got = (
+        release_link(env, "current").await?,
+        release_link(env, "previous").await?,
     );
-    let ls = env
-        .vm
-        .agent
-        .sh_ok("ls -A /opt/noderax-agent/releases", CMD_TIMEOUT)
-        .await?;
-    let mut got: Vec<&str> = ls.split_whitespace().collect();
-    got.sort_unstable();
-    let mut want = releases.to_vec();
-    want.sort_unstable();
+    let want = (
+        Some(format!("releases/{current}")),
+        previous.map(|p| format!("releases/{p}")),
+    );
     ensure!(
         got == want,
-        "/opt/noderax-agent/releases holds {got:?} (want {want:?})"
+        "(current, previous) -> {got:?} (want {want:?})"
     );
     Ok(())
 }
